@@ -1,6 +1,6 @@
 """InstantPortraitPipeline: IPNet's one-step (or 2-step iterative) instruction-based portrait edit.
 
-    pipe = InstantPortraitPipeline.from_pretrained("path/or/repo", torch_dtype=torch.float16).to("cuda")
+    pipe = InstantPortraitPipeline.from_pretrained("path/or/repo", dtype=torch.float16).to("cuda")
     edited = pipe(image, "wearing hipster glasses", num_inference_steps=1, generator=torch.Generator().manual_seed(0))
 
 One step = one network evaluation: the UNet sees (start latent ‖ source-image latent) at a fixed timestep ``t*``
@@ -284,7 +284,7 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCon
 
 
 def ipnet_from_instruct_pix2pix(path: str | Path, *, timestep: int = 999, start: str = "noise",
-                                torch_dtype: torch.dtype | None = None, **load_kwargs) -> InstantPortraitPipeline:
+                                dtype: torch.dtype | None = None) -> InstantPortraitPipeline:
     """Build an IPNet from any InstructPix2Pix-format checkpoint (how IPNet is initialised from IDE-Net).
 
     ``path`` is a local folder (or a Hub repo already resolved by ``hub.locate``) with ``vae/``, ``text_encoder/``,
@@ -292,7 +292,7 @@ def ipnet_from_instruct_pix2pix(path: str | Path, *, timestep: int = 999, start:
     """
     from diffusers import DDPMScheduler
 
-    kw = {"torch_dtype": torch_dtype, **load_kwargs} if torch_dtype is not None else dict(load_kwargs)
+    kw = {"dtype": dtype} if dtype is not None else {}
     unet = widen_conv_in(UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw))
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
     text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)

@@ -1,0 +1,154 @@
+"""The one interface the app and the benchmark call: ``Editor``.
+
+An editor is cheap to construct (nothing is loaded); ``load()`` (or the first ``edit``) loads weights onto the
+device it was given, ``unload()`` frees them. Everything that varies per request (images, instructions, seed, steps,
+guidance, a progress callback) is an argument of ``edit``; nothing per request is stored on the editor.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import PIL.Image
+import torch
+
+ProgressFn = Callable[[int, int], None]  # (step done, total steps)
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Per-request knobs; ``None`` means the editor's default."""
+
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_edit_inputs(images: Sequence[PIL.Image.Image], instructions: Sequence[str]) -> None:
+    """One clear ``ValueError`` per bad input (shared by every editor)."""
+    if isinstance(images, PIL.Image.Image) or isinstance(instructions, str):
+        raise ValueError("edit() takes a list of images and a list of instructions (wrap single values in a list).")
+    if len(images) == 0:
+        raise ValueError("no image given: pass at least one portrait.")
+    if len(images) != len(instructions):
+        raise ValueError(f"{len(images)} images but {len(instructions)} instructions: pass one instruction per image.")
+    for i, img in enumerate(images):
+        if not isinstance(img, PIL.Image.Image):
+            raise ValueError(f"image {i} is a {type(img).__name__}, expected a PIL image.")
+    for i, text in enumerate(instructions):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"instruction {i} is empty: describe the edit, e.g. 'wearing hipster glasses'.")
+
+
+def working_size(size: tuple[int, int], resolution: int | None, multiple: int = 8) -> tuple[int, int]:
+    """Scale (w, h) so the long side is ``resolution`` (None keeps it), then round down to ``multiple``."""
+    w, h = size
+    if resolution:
+        scale = resolution / max(w, h)
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    return max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple)
+
+
+class Editor(ABC):
+    """An instruction-based portrait editor.
+
+    Subclasses set ``name``/``label`` and implement ``_load``, ``_edit`` and ``nfe``.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    description: ClassVar[str] = ""
+    model_key: ClassVar[str | None] = None  # key in config.MODELS
+
+    def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 model: str | None = None, resolution: int | None = 512):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model_override = model
+        self.resolution = resolution
+        self._lock = threading.Lock()  # guards load/unload; edits on one editor run one at a time
+        self._loaded: Any = None
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+
+    def unload(self) -> None:
+        with self._lock:
+            self._loaded = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def check_available(self) -> None:
+        """Raise ``ModelNotAvailableError`` fast if ``load()`` could not succeed here (default: assume it can)."""
+        return None
+
+    @abstractmethod
+    def _load(self) -> Any:
+        """Load the model(s) onto ``self.device``/``self.dtype`` and return the loaded object."""
+
+    # ----------------------------------------------------------------- facts
+    @abstractmethod
+    def nfe(self, settings: EditSettings | None = None) -> int:
+        """Network (UNet/transformer) evaluations per edit; a CFG batch of 3 counts as 3."""
+
+    def num_parameters(self) -> int:
+        """Parameters of every network the edit uses (loads the model)."""
+        self.load()
+        modules = self._modules(self._loaded)
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    def _modules(self, loaded: Any) -> list[torch.nn.Module]:
+        return [m for m in getattr(loaded, "components", {}).values() if isinstance(m, torch.nn.Module)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", ""), "resolution": self.resolution,
+                "nfe": self.nfe()}
+
+    # ----------------------------------------------------------------- editing
+    def edit(self, images: Sequence[PIL.Image.Image], instructions: Sequence[str], *, seed: int = 0,
+             settings: EditSettings | None = None, progress: ProgressFn | None = None) -> list[PIL.Image.Image]:
+        """Edit each image with its instruction; returns RGB images of the inputs' sizes.
+
+        The same ``seed`` gives the same image whatever else is in the batch (each sample has its own generator).
+        """
+        check_edit_inputs(images, instructions)
+        self.load()
+        settings = settings or EditSettings()
+        rgb = [img.convert("RGB") for img in images]
+        out: list[PIL.Image.Image | None] = [None] * len(rgb)
+        # Batch images that share a working size; a batch runs in one network call.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(rgb):
+            groups.setdefault(working_size(img.size, self.resolution), []).append(i)
+        for size, idx in groups.items():
+            batch = [rgb[i].resize(size, PIL.Image.Resampling.LANCZOS) if rgb[i].size != size else rgb[i]
+                     for i in idx]
+            edited = self._edit(self._loaded, batch, [instructions[i] for i in idx], seed, settings, progress)
+            for i, img in zip(idx, edited):
+                out[i] = img if img.size == rgb[i].size else img.resize(rgb[i].size, PIL.Image.Resampling.LANCZOS)
+        return out  # type: ignore[return-value]
+
+    @abstractmethod
+    def _edit(self, loaded: Any, images: list[PIL.Image.Image], instructions: list[str], seed: int,
+              settings: EditSettings, progress: ProgressFn | None) -> list[PIL.Image.Image]:
+        """Edit a batch of same-size RGB images at the working size."""
+
+    def generators(self, n: int, seed: int) -> list[torch.Generator]:
+        """One CPU generator per sample, all seeded with ``seed`` (device-independent, batch-independent)."""
+        return [torch.Generator("cpu").manual_seed(int(seed)) for _ in range(n)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={self.device}, dtype={self.dtype})"

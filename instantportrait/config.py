@@ -137,6 +137,8 @@ def resolve_model(key: str, override: str | None = None) -> ModelSpec:
         base = ModelSpec(key, value)
     if value is None:
         return base
+    if base.kind in ("clip", "insightface"):  # names like "ViT-L/14@336px" are not repo@revision
+        return replace(base, repo_id=value, revision="main", pinned=False)
     repo, rev = parse_location(value)
     # An override replaces the location, so the default's pin no longer applies.
     return replace(base, repo_id=repo, revision=rev or "main", pinned=False)

@@ -90,6 +90,17 @@ class Editor(ABC):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def load_random_weights(self) -> None:
+        """Load the method's *real* architecture with random weights (no download), for latency measurements only.
+
+        Images it produces are noise; it exists so latency tables can be made on machines without the weights.
+        """
+        with self._lock:
+            self._loaded = self._build_random()
+
+    def _build_random(self) -> Any:
+        raise NotImplementedError(f"{self.name} has no random-weights architecture builder")
+
     def check_available(self) -> None:
         """Raise ``ModelNotAvailableError`` fast if ``load()`` could not succeed here (default: assume it can)."""
         return None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,11 @@ class InstantPortraitPipeline(DiffusionPipeline):
         self.register_to_config(timestep=int(timestep), start=start)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        # Text embeddings per instruction (a pure function of the prompt and the text encoder's weights), so a
+        # stream of frames with one instruction encodes it once. Bounded; cleared whenever `optimize` runs.
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.prompt_cache_size = 64
+        self._prompt_cache_lock = threading.Lock()
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, image: Any, prompt: Any, num_inference_steps: int, prompt_embeds: torch.Tensor | None,
@@ -137,12 +144,57 @@ class InstantPortraitPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ building blocks
     @torch.no_grad()
-    def encode_prompt(self, prompt: list[str], device: torch.device | None = None) -> torch.Tensor:
-        """Text -> CLIP last hidden states, (B, 77, D). Truncates to the tokenizer's limit."""
+    def encode_prompt(self, prompt: list[str], device: torch.device | None = None,
+                      use_cache: bool = True) -> torch.Tensor:
+        """Text -> CLIP last hidden states, (B, 77, D). Truncates to the tokenizer's limit; caches per prompt."""
         device = device or self._execution_device
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids  # (B, 77)
-        return self.text_encoder(ids.to(device))[0].to(self.unet.dtype)  # (B, 77, D)
+        missing = [p for p in dict.fromkeys(prompt) if not use_cache or p not in self._prompt_cache]
+        fresh: dict[str, torch.Tensor] = {}
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids  # (M, 77)
+            embeds = self.text_encoder(ids.to(device))[0].to(self.unet.dtype)  # (M, 77, D)
+            fresh = dict(zip(missing, embeds.unbind(0)))
+        with self._prompt_cache_lock:
+            rows = [fresh[p] if p in fresh else self._prompt_cache[p] for p in prompt]
+            if use_cache:
+                self._prompt_cache.update(fresh)
+                for p in prompt:  # least recently used goes first
+                    self._prompt_cache.move_to_end(p)
+                while len(self._prompt_cache) > self.prompt_cache_size:
+                    self._prompt_cache.popitem(last=False)
+        return torch.stack(rows).to(device)  # (B, 77, D)
+
+    def clear_prompt_cache(self) -> None:
+        with self._prompt_cache_lock:
+            self._prompt_cache.clear()
+
+    def optimize(self, *, channels_last: bool = True, fuse_qkv: bool = False, compile: bool = False,
+                 compile_mode: str = "reduce-overhead", upcast_vae: bool = False) -> InstantPortraitPipeline:
+        """Inference speed switches (each off by default in ``__call__``; this turns the chosen ones on).
+
+        - ``channels_last``: NHWC memory format for UNet and VAE convolutions (faster cuDNN kernels on GPU).
+        - ``fuse_qkv``: fuse attention q/k/v projections into one matmul (diffusers ``fuse_qkv_projections``).
+        - ``compile``: ``torch.compile`` the UNet and the VAE decoder; ``mode="reduce-overhead"`` uses CUDA graphs,
+          which need static shapes: keep resolution and batch size fixed per compiled pipeline.
+        - ``upcast_vae``: run the VAE in float32 when the rest is half precision (SD1.5's VAE is usually safe in
+          fp16; use this if decoded images show NaNs/black).
+        Attention uses PyTorch SDPA (flash / memory-efficient kernels) by default in diffusers; nothing to switch.
+        Half precision is chosen at load time: ``from_pretrained(..., dtype=torch.float16)``.
+        """
+        self.clear_prompt_cache()
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if fuse_qkv:
+            self.unet.fuse_qkv_projections()
+            self.vae.fuse_qkv_projections()
+        if upcast_vae:
+            self.vae.to(dtype=torch.float32)
+        if compile:
+            self.unet = torch.compile(self.unet, mode=compile_mode, fullgraph=True)
+            self.vae.decoder = torch.compile(self.vae.decoder, mode=compile_mode, fullgraph=True)
+        return self
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1], (B, 3, H, W) -> source latents (B, 4, H/f, W/f), unscaled mode (as InstructPix2Pix)."""

@@ -121,7 +121,13 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_edit)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_edit_parser]
+def add_stream_parser(sub: argparse._SubParsersAction) -> None:
+    from .stream import add_stream_parser as add
+
+    add(sub)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_edit_parser, add_stream_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

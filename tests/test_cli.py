@@ -91,3 +91,32 @@ def test_output_paths():
                                                                                  Path("d/b_ipnet.png")]
     with pytest.raises(ValueError):
         output_paths([Path("a.jpg"), Path("b.jpg")], Path("o.png"), "ipnet")
+
+
+def test_stream_edits_every_frame_and_reports_fps(tmp_path, tiny_ipnet, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(5):
+        portrait_like_image(64, seed=i).save(frames / f"f{i:02d}.png")
+    out = tmp_path / "edited"
+    assert main(["stream", str(frames), "add a hat", "-o", str(out), "--model", str(tiny_ipnet), "--batch", "2"]) == 0
+    written = sorted(out.iterdir())
+    assert len(written) == 5 and PIL.Image.open(written[0]).size == (64, 64)
+    assert "frames/s" in capsys.readouterr().err
+
+
+def test_stream_to_video_file(tmp_path, tiny_ipnet):
+    import cv2
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        portrait_like_image(64, seed=i).save(frames / f"f{i}.png")
+    video = tmp_path / "out.avi"
+    assert main(["stream", str(frames), "add a hat", "-o", str(video), "--model", str(tiny_ipnet)]) == 0
+    cap = cv2.VideoCapture(str(video))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 3
+    assert main(["stream", str(tmp_path / "missing.mp4"), "hat", "-o", str(video), "--model", str(tiny_ipnet)]) == 2

@@ -1,7 +1,20 @@
-"""InstantPortrait: one-step instruction-based portrait editing (IPNet) and its identity-enhanced teacher (IDE-Net)."""
+"""InstantPortrait: one-step instruction-based portrait editing (IPNet) and its identity-enhanced teacher (IDE-Net).
+
+Heavy modules (torch, diffusers) load on first use of a name that needs them, so `python -m instantportrait models`
+and other light commands start fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from .errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError, NoFaceError
-from .pipeline import InstantPortraitPipeline, ipnet_from_instruct_pix2pix, widen_conv_in
+
+_LAZY = {
+    "InstantPortraitPipeline": "pipeline",
+    "ipnet_from_instruct_pix2pix": "pipeline",
+    "widen_conv_in": "pipeline",
+}
 
 __all__ = [
     "InstantPortraitError",
@@ -13,3 +26,11 @@ __all__ = [
     "widen_conv_in",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

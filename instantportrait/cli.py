@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .models_cli import add_download_parser, add_models_parser
+
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_NO_FACE = 0, 2, 3, 4
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
@@ -74,6 +76,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     dtype = getattr(torch, _DTYPES[args.dtype])
     try:
         editor = get_editor(args.method, device=args.device, dtype=dtype, model=args.model, resolution=args.resolution)
+    except KeyError as exc:
+        return _fail(str(exc.args[0]), EXIT_INPUT)
+    try:
         editor.check_available()
         t0 = time.perf_counter()
         editor.load()
@@ -99,14 +104,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def add_edit_parser(sub: argparse._SubParsersAction) -> None:
-    from .methods import list_methods
-
     p = sub.add_parser("edit", help="edit one or more portraits with an instruction",
                        description="python -m instantportrait edit face.jpg 'wearing a red hat' -o out.png")
     p.add_argument("images", nargs="+", help="input image file(s)")
     p.add_argument("instruction", help="the editing instruction")
     p.add_argument("-o", "--output", help="output file (one image) or folder (several); default: ./<name>_<method>.png")
-    p.add_argument("--method", default="ipnet", choices=list_methods(), help="editor (default: ipnet)")
+    p.add_argument("--method", default="ipnet",
+                   help="editor: ipnet, ipnet-2step, idenet, instructpix2pix, magicbrush, ... (default: ipnet)")
     p.add_argument("--model", help="model id, id@revision, or local folder (overrides config and env)")
     p.add_argument("--steps", type=int, default=None,
                    help="IPNet: 1 or 2 (default: the method's own, 1 for ipnet); multi-step methods: sampling steps")
@@ -127,7 +131,8 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_edit_parser, add_stream_parser]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_edit_parser, add_stream_parser,
+                                                                  add_models_parser, add_download_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,6 +37,11 @@ class ModelSpec:
     subfolder: str | None = None
     pinned: bool = False  # True once `revision` is a commit hash we verified
     allow_patterns: tuple[str, ...] = ()
+    # Added for `python -m instantportrait models / download` (issue 8):
+    variant: str | None = None  # diffusers weight variant the loader must ask for (e.g. "fp16"), None = default
+    required_files: tuple[str, ...] = ()  # glob patterns that must each match a file for the model to count as present
+    published: bool = True  # False: the Hub repo does not exist yet (`download --all` skips it)
+    pin_source: str = ""  # where the pinned commit hash was read (public references), for the record
 
     @property
     def env_var(self) -> str:
@@ -53,6 +58,29 @@ class ModelSpec:
 
 _DIFFUSERS_PATTERNS = ("*.json", "*.txt", "**/*.json", "**/*.txt", "**/*.safetensors")
 
+# What `download` fetches (and `models` checks) for an SD1.5-class InstructPix2Pix repository: the pipeline index, the
+# scheduler, the tokenizer and the three weighted components as fp32 safetensors. Not the root-level single-file
+# checkpoints (7.7 GB each), the pickled `.bin` duplicates, or the safety checker (editors load with
+# `safety_checker=None`).
+_IP2P_CONFIGS = ("model_index.json", "scheduler/*.json", "tokenizer/*", "unet/config.json", "vae/config.json",
+                 "text_encoder/config.json")
+_IP2P_PATTERNS = (*_IP2P_CONFIGS, "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                  "text_encoder/model.safetensors")
+# MagicBrush's repo was uploaded in July 2023 with pickled `.bin` weights (unet/diffusion_pytorch_model.bin, 3.44 GB,
+# is listed on the Hub); whether a safetensors conversion exists is unknown, so both are allowed (diffusers loads
+# `.bin` with torch.load(weights_only=True)). If both exist, both are fetched: a known cost of not pinning it.
+_MAGICBRUSH_PATTERNS = (*_IP2P_PATTERNS, "unet/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.bin",
+                        "text_encoder/pytorch_model.bin")
+# SDXL: fp16 variant files only (load with variant="fp16"), both text encoders and tokenizers.
+_SDXL_PATTERNS = ("model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*", "unet/config.json",
+                  "vae/config.json", "text_encoder/config.json", "text_encoder_2/config.json",
+                  "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+                  "text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors")
+# InstantID: the IdentityNet ControlNet (fp32 safetensors, the only format released) and the IP-Adapter (pickle;
+# load it with torch.load(weights_only=True)).
+_INSTANTID_PATTERNS = ("ControlNetModel/config.json", "ControlNetModel/diffusion_pytorch_model.safetensors",
+                       "ip-adapter.bin")
+
 # Hub repos our trainers publish to. They do not exist until a full-scale training run is pushed
 # (see README "Training"); until then `ipnet`/`idenet` fall back to the offline demo models when those exist.
 IPNET_REPO = "instantportrait/ipnet-sd15"
@@ -65,43 +93,76 @@ MODELS: dict[str, ModelSpec] = {
             "ipnet", IPNET_REPO, licence="CreativeML OpenRAIL-M (inherits SD1.5); identity loss uses "
             "insightface-derived weights (non-commercial)", size_gb=2.1,
             description="IPNet: one-step student distilled from IDE-Net", allow_patterns=_DIFFUSERS_PATTERNS,
+            published=False,
         ),
         ModelSpec(
             "idenet", IDENET_REPO, licence="CreativeML OpenRAIL-M (inherits SD1.5); identity loss uses "
             "insightface-derived weights (non-commercial)", size_gb=2.1,
             description="IDE-Net: identity-enhanced multi-step teacher", allow_patterns=_DIFFUSERS_PATTERNS,
+            published=False,
         ),
         ModelSpec(
             "instructpix2pix", "timbrooks/instruct-pix2pix", licence="MIT (weights: CreativeML OpenRAIL-M)",
-            size_gb=2.6, description="InstructPix2Pix (Brooks et al. 2023); IDE-Net initialisation",
-            allow_patterns=_DIFFUSERS_PATTERNS,
+            size_gb=4.3, description="InstructPix2Pix (Brooks et al. 2023); IDE-Net initialisation",
+            allow_patterns=_IP2P_PATTERNS, revision="31519b5cb02a7fd89b906d88731cd4d6a7bbf88d", pinned=True,
+            pin_source="the Hub cache snapshot name used in many public projects' code and docs",
         ),
         ModelSpec(
             "magicbrush", "vinesmsuic/magicbrush-jul7", licence="CC BY 4.0 (MagicBrush); SD weights OpenRAIL-M",
-            size_gb=2.6, description="MagicBrush fine-tune of InstructPix2Pix, diffusers format",
-            allow_patterns=_DIFFUSERS_PATTERNS,
+            size_gb=4.3, description="MagicBrush fine-tune of InstructPix2Pix, diffusers format",
+            allow_patterns=_MAGICBRUSH_PATTERNS,
         ),
         ModelSpec(
             "sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0", licence="CreativeML OpenRAIL++-M",
-            size_gb=7.0, description="SDXL base (InstantID backbone)",
-            allow_patterns=("*.json", "**/*.json", "**/*.txt", "**/*.fp16.safetensors"),
+            size_gb=7.0, description="SDXL base (InstantID backbone)", allow_patterns=_SDXL_PATTERNS,
+            variant="fp16", revision="462165984030d82259a11f4367a4eed129e94a7b", pinned=True,
+            pin_source="the Hub cache snapshot name used in many public projects' code",
         ),
         ModelSpec(
             "instantid", "InstantX/InstantID", licence="Apache-2.0 (code/weights); face pack non-commercial",
-            size_gb=4.1, description="InstantID IdentityNet ControlNet + IP-Adapter",
-            allow_patterns=("ControlNetModel/*", "ip-adapter.bin"),
+            size_gb=4.2, description="InstantID IdentityNet ControlNet + IP-Adapter",
+            allow_patterns=_INSTANTID_PATTERNS, required_files=_INSTANTID_PATTERNS,
+            revision="57b32dfee076092ad2930c71fd6d439c2c3b1820", pinned=True,
+            pin_source="pinned revision in several public projects' download scripts",
         ),
         ModelSpec(
             "buffalo_l", "buffalo_l", kind="insightface", licence="insightface: non-commercial research only",
             size_gb=0.28, description="insightface pack (SCRFD-10G + ArcFace w600k_r50); evaluation face model",
+            required_files=("det_10g.onnx", "w600k_r50.onnx"),
         ),
         ModelSpec(
             "antelopev2", "antelopev2", kind="insightface", licence="insightface: non-commercial research only",
             size_gb=0.34, description="insightface pack (SCRFD-10G + ArcFace glintr100); InstantID's face model",
+            required_files=("scrfd_10g_bnkps.onnx", "glintr100.onnx"),
         ),
         ModelSpec(
             "clip", "ViT-L/14", kind="clip", licence="MIT (OpenAI CLIP)", size_gb=0.89,
             description="CLIP ViT-L/14 (clip-anytorch) for CLIP-T / CLIP-I / directional scores",
+        ),
+        # IP-Control baseline (methods/ipcontrol.py): IP-Adapter FaceID + an SD1.5 ControlNet on SD1.5.
+        ModelSpec(
+            "sd15-base", "stable-diffusion-v1-5/stable-diffusion-v1-5", licence="CreativeML OpenRAIL-M",
+            size_gb=2.2, description="Stable Diffusion 1.5 (IP-Control backbone), fp16 variant files",
+            allow_patterns=("model_index.json", "scheduler/*.json", "tokenizer/*", "unet/config.json",
+                            "vae/config.json", "text_encoder/config.json",
+                            "unet/diffusion_pytorch_model.fp16.safetensors",
+                            "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.fp16.safetensors"),
+        ),
+        ModelSpec(
+            "ip-adapter-faceid", "h94/IP-Adapter-FaceID", licence="non-commercial research only (insightface "
+            "embeddings; see the model card)", size_gb=0.1,
+            description="IP-Adapter FaceID for SD1.5 (face-ID projection + LoRA + IP layers)",
+            allow_patterns=("ip-adapter-faceid_sd15.bin",),
+        ),
+        ModelSpec(
+            "controlnet-openpose-sd15", "lllyasviel/control_v11p_sd15_openpose", licence="CreativeML OpenRAIL-M",
+            size_gb=1.45, description="ControlNet 1.1 OpenPose for SD1.5 (IP-Control's default condition)",
+            allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        ),
+        ModelSpec(
+            "controlnet-canny-sd15", "lllyasviel/control_v11p_sd15_canny", licence="CreativeML OpenRAIL-M",
+            size_gb=1.45, description="ControlNet 1.1 Canny for SD1.5 (IP-Control with control='canny')",
+            allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
         ),
     ]
 }

@@ -129,13 +129,21 @@ class Editor(ABC):
                 "nfe": self.nfe()}
 
     # ----------------------------------------------------------------- editing
-    def edit(self, images: Sequence[PIL.Image.Image], instructions: Sequence[str], *, seed: int = 0,
-             settings: EditSettings | None = None, progress: ProgressFn | None = None) -> list[PIL.Image.Image]:
+    def edit(self, images: Sequence[PIL.Image.Image], instructions: Sequence[str], *,
+             seed: int | Sequence[int] = 0, settings: EditSettings | None = None,
+             progress: ProgressFn | None = None) -> list[PIL.Image.Image]:
         """Edit each image with its instruction; returns RGB images of the inputs' sizes.
 
         The same ``seed`` gives the same image whatever else is in the batch (each sample has its own generator).
+        ``seed`` is one int for every image or a sequence of one int per image (e.g. per-row seeds of a dataset).
         """
         check_edit_inputs(images, instructions)
+        if not isinstance(seed, Sequence):
+            seed = int(seed)  # numpy / torch scalars too
+        else:
+            seed = [int(s) for s in seed]
+            if len(seed) != len(images):
+                raise ValueError(f"{len(seed)} seeds for {len(images)} images: pass one int or one seed per image.")
         self.load()
         settings = settings or EditSettings()
         rgb = [img.convert("RGB") for img in images]
@@ -147,19 +155,24 @@ class Editor(ABC):
         for size, idx in groups.items():
             batch = [rgb[i].resize(size, PIL.Image.Resampling.LANCZOS) if rgb[i].size != size else rgb[i]
                      for i in idx]
-            edited = self._edit(self._loaded, batch, [instructions[i] for i in idx], seed, settings, progress)
+            group_seed = seed if isinstance(seed, int) else [seed[i] for i in idx]
+            edited = self._edit(self._loaded, batch, [instructions[i] for i in idx], group_seed, settings, progress)
             for i, img in zip(idx, edited):
                 out[i] = img if img.size == rgb[i].size else img.resize(rgb[i].size, PIL.Image.Resampling.LANCZOS)
         return out  # type: ignore[return-value]
 
     @abstractmethod
-    def _edit(self, loaded: Any, images: list[PIL.Image.Image], instructions: list[str], seed: int,
+    def _edit(self, loaded: Any, images: list[PIL.Image.Image], instructions: list[str], seed: int | list[int],
               settings: EditSettings, progress: ProgressFn | None) -> list[PIL.Image.Image]:
-        """Edit a batch of same-size RGB images at the working size."""
+        """Edit a batch of same-size RGB images at the working size (``seed``: pass it to :meth:`generators`)."""
 
-    def generators(self, n: int, seed: int) -> list[torch.Generator]:
-        """One CPU generator per sample, all seeded with ``seed`` (device-independent, batch-independent)."""
-        return [torch.Generator("cpu").manual_seed(int(seed)) for _ in range(n)]
+    def generators(self, n: int, seed: int | Sequence[int]) -> list[torch.Generator]:
+        """One CPU generator per sample (device-independent, batch-independent), all seeded with ``seed``, or
+        sample ``i`` with ``seed[i]`` when a sequence of ``n`` seeds is given."""
+        seeds = [int(s) for s in seed] if isinstance(seed, Sequence) else [int(seed)] * n
+        if len(seeds) != n:
+            raise ValueError(f"{len(seeds)} seeds for {n} samples")
+        return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={self.device}, dtype={self.dtype})"

@@ -50,7 +50,8 @@ class FaceResult:
     ``embedding``: ``(D,)`` float32, L2-normalised (D = 512 for buffalo_l / antelopev2). ``kps``: ``(5, 2)`` float32
     landmarks (left eye, right eye, nose, left and right mouth corner) in image pixels. ``bbox``: ``(4,)`` float32
     ``x1, y1, x2, y2``. ``det_score``: detector confidence. ``num_faces``: how many faces were detected in the image
-    this face came from.
+    this face came from. ``embedding_norm``: the L2 norm of the recogniser's raw output, so
+    ``embedding * embedding_norm`` is insightface's unnormalised ``face.embedding`` (InstantID conditions on it).
     """
 
     embedding: np.ndarray
@@ -58,6 +59,7 @@ class FaceResult:
     bbox: np.ndarray
     det_score: float
     num_faces: int
+    embedding_norm: float = 1.0
 
     @property
     def area(self) -> float:
@@ -306,6 +308,7 @@ class FaceEncoder:
                 bbox=np.asarray(face.bbox, dtype=np.float32)[:4].copy(),
                 det_score=float(face.det_score),
                 num_faces=len(faces),
+                embedding_norm=norm,
             ))
         results.sort(key=lambda r: (-r.area, -r.det_score))
         return results

@@ -1,6 +1,6 @@
 """Method registry: every editor the app and the benchmark can run, behind one ``Editor`` interface."""
 
-from . import diffusion  # noqa: F401  (registers ipnet, ipnet-2step, idenet, instructpix2pix, magicbrush)
+from . import diffusion, instantid, ipcontrol  # noqa: F401  (register their editors: ipnet ... magicbrush, instantid...)
 from .base import Editor, EditSettings, check_edit_inputs
 from .registry import editor_class, get_editor, list_methods, register
 

@@ -34,6 +34,10 @@ class PipelineEditor(Editor):
         spec = self.spec()
         return {**super().describe(), "model": spec.repo_id, "revision": spec.revision}
 
+    # Architecture of random-weights builds (``load_random_weights``): a key of architectures.ARCHITECTURES, or None
+    # for $INSTANTPORTRAIT_RANDOM_ARCH / the real SD1.5-class default.
+    random_architecture: str | None = None
+
 
 @register
 class IPNetEditor(PipelineEditor):
@@ -49,6 +53,12 @@ class IPNetEditor(PipelineEditor):
         pipe = InstantPortraitPipeline.from_pretrained(self.model_path(), dtype=self.dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
+
+    def _build_random(self) -> Any:
+        from ..architectures import build_random_ipnet, resolve_architecture
+
+        return build_random_ipnet(resolve_architecture(self.random_architecture), device=self.device,
+                                  dtype=self.dtype)
 
     def nfe(self, settings: EditSettings | None = None) -> int:
         return self.steps
@@ -85,6 +95,12 @@ class InstructPix2PixFamily(PipelineEditor):
             requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
+
+    def _build_random(self) -> Any:
+        from ..architectures import build_random_instruct_pix2pix, resolve_architecture
+
+        return build_random_instruct_pix2pix(resolve_architecture(self.random_architecture), device=self.device,
+                                             dtype=self.dtype)
 
     def steps_for(self, settings: EditSettings | None) -> int:
         return (settings.num_inference_steps if settings and settings.num_inference_steps else self.default_steps)

@@ -1,0 +1,7 @@
+"""python -m benchmark --methods ipnet,instructpix2pix --images portraits/ --out results/ (see benchmark/cli.py)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,263 @@
+"""End-to-end benchmark runs offline on tiny models: every output file, unavailable/broken methods, resume after a
+SIGKILL mid-write, sharded processes merged by rank 0, and scoring deferred out of the timed loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from benchmark import store
+from benchmark.cli import main
+from benchmark.runner import BenchmarkConfig, Dist, run_benchmark
+from benchmark.scoring import ScoringConfig
+from instantportrait.methods import Editor, registry
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def drawn_face(size: int = 128) -> Image.Image:
+    img = Image.new("RGB", (size, size), (70, 110, 160))
+    d = ImageDraw.Draw(img)
+    c, s = size / 2, size / 256
+    d.ellipse([c - 60 * s, c - 80 * s, c + 60 * s, c + 80 * s], fill=(224, 172, 140))
+    for dx in (-23, 23):
+        d.ellipse([c + (dx - 7) * s, c - 25 * s, c + (dx + 7) * s, c - 11 * s], fill=(30, 30, 30))
+    d.ellipse([c - 22 * s, c + 34 * s, c + 22 * s, c + 50 * s], fill=(150, 60, 60))
+    return img
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory, astronaut_image) -> Path:
+    folder = tmp_path_factory.mktemp("portraits")
+    astronaut_image.resize((128, 128)).save(folder / "astronaut.png")
+    drawn_face().save(folder / "drawn.png")
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / "blank.png")
+    (folder / "notes.png").write_bytes(b"not an image")  # skipped and recorded, not fatal
+    return folder
+
+
+@pytest.fixture(scope="module")
+def instructions_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("instructions") / "two.jsonl"
+    path.write_text(
+        json.dumps({"id": "glasses", "instruction": "wearing glasses", "target_caption": "a person wearing glasses",
+                    "category": "accessories"}) + "\n"
+        + json.dumps({"id": "oil", "instruction": "as an oil painting", "target_caption": "an oil painting of a "
+                      "person", "category": "art-style"}) + "\n")
+    return path
+
+
+class CopyEditor(Editor):
+    """Returns its input: identity similarity and CLIP-I must come out as 1."""
+
+    name = "copy-test"
+    label = "Copy (test)"
+
+    def _load(self):
+        return "loaded"
+
+    def _modules(self, loaded):
+        return []
+
+    def nfe(self, settings=None):
+        return 0
+
+    def _edit(self, loaded, images, instructions, seed, settings, progress):
+        return [im.copy() for im in images]
+
+
+class FlakyEditor(CopyEditor):
+    """Fails on one instruction: that row is recorded as an error and the run goes on."""
+
+    name = "flaky-test"
+    label = "Flaky (test)"
+
+    def _edit(self, loaded, images, instructions, seed, settings, progress):
+        if "oil" in instructions[0]:
+            raise RuntimeError("simulated out of memory")
+        return super()._edit(loaded, images, instructions, seed, settings, progress)
+
+
+class BrokenEditor(CopyEditor):
+    name = "broken-test"
+    label = "Broken (test)"
+
+    def _load(self):
+        raise OSError("unreadable checkpoint")
+
+
+@pytest.fixture()
+def test_editors(monkeypatch):
+    for cls in (CopyEditor, FlakyEditor, BrokenEditor):
+        monkeypatch.setitem(registry._EDITORS, cls.name, cls)
+
+
+def common_args(images_dir, instructions_file, tiny_face_pack, tiny_clip_file, out) -> list[str]:
+    return ["--images", str(images_dir), "--instructions", str(instructions_file), "--out", str(out),
+            "--device", "cpu", "--resolution", "64", "--face-pack", str(tiny_face_pack), "--clip",
+            str(tiny_clip_file), "--det-size", "256", "--warmup", "1", "--quiet"]
+
+
+def test_full_offline_run_writes_every_output(tmp_path, test_editors, images_dir, instructions_file, tiny_ipnet,
+                                              tiny_ip2p, tiny_face_pack, tiny_clip_file, capsys):
+    out = tmp_path / "results"
+    code = main(["--methods", "ipnet,instructpix2pix,magicbrush,copy-test,flaky-test,broken-test",
+                 "--model-override", f"ipnet={tiny_ipnet}", "--model-override", f"instructpix2pix={tiny_ip2p}",
+                 "--steps", "instructpix2pix=2",
+                 *common_args(images_dir, instructions_file, tiny_face_pack, tiny_clip_file, out)])
+    assert code == 0, capsys.readouterr().err
+    for name in ("run.json", "rows.jsonl", "methods.jsonl", "summary.md", "summary.csv", "summary.tex",
+                 "summary.json", "summary_by_category.csv", "samples.csv", "identity_vs_fidelity.png",
+                 "edit_latency.png", "grid.html"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+
+    rows = store.read_jsonl(out / "rows.jsonl")
+    keys = [store.row_key(r) for r in rows]
+    assert len(keys) == len(set(keys)) == 4 * 3 * 2  # 4 methods ran x 3 readable images x 2 instructions
+    assert {r["method"] for r in rows} == {"ipnet", "instructpix2pix", "copy-test", "flaky-test"}
+    for r in rows:
+        if r["status"] == "ok":
+            assert (out / r["output"]).is_file() and r["edit_ms"] > 0 and r["harness_ms"] >= 0
+    by = {(r["method"], r["image"], r["instruction_id"]): r for r in rows}
+    for image in ("astronaut", "drawn"):  # a copy keeps the identity exactly
+        r = by[("copy-test", image, "glasses")]
+        assert r["no_face_source"] is False and r["no_face_output"] is False
+        assert r["id_sim"] == pytest.approx(1.0, abs=1e-5) and r["clip_i"] == pytest.approx(1.0, abs=1e-5)
+    blank = by[("copy-test", "blank", "glasses")]
+    assert blank["no_face_source"] is True and blank["id_sim"] is None
+    assert by[("flaky-test", "drawn", "oil")]["status"] == "error"
+    assert "simulated out of memory" in by[("flaky-test", "drawn", "oil")]["error"]
+    assert by[("instructpix2pix", "drawn", "oil")]["nfe"] == 6 and by[("ipnet", "drawn", "oil")]["nfe"] == 1
+
+    summary = {m["method"]: m for m in json.loads((out / "summary.json").read_text())["methods"]}
+    assert summary["magicbrush"]["status"] == "unavailable" and "not available" in summary["magicbrush"]["message"]
+    assert summary["broken-test"]["status"] == "load failed" and "unreadable" in summary["broken-test"]["message"]
+    assert summary["ipnet"]["ipnet_speedup"] == pytest.approx(1.0)
+    assert summary["copy-test"]["id_sim_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert summary["copy-test"]["no_face_source_rate"] == pytest.approx(1 / 3)
+    assert summary["flaky-test"]["error_rate"] == pytest.approx(0.5)
+    assert summary["instructpix2pix"]["nfe"] == 6
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["scoring"]["models"]["face_model"]["recognition_model"] == "w_tiny.onnx"
+    assert run["scoring"]["models"]["clip"]["weights"] == tiny_clip_file.name
+    assert run["resolution"] == 64 and run["thresholds"]["det_thresh"] == 0.5
+    assert run["environment"]["device_name"].startswith("CPU")
+    assert run["environment"]["versions"]["torch"] and run["environment"]["versions"]["diffusers"]
+    assert "commit" in run["environment"]["git"]
+    assert run["images"]["skipped"][0]["origin"].endswith("notes.png")
+
+    grid = (out / "grid.html").read_text()
+    assert "src='images/ipnet/astronaut__glasses__s0.png'" in grid and "src='sources/astronaut.png'" in grid
+    assert "/tmp" not in grid.split("<h1>")[1]  # relative paths only
+    assert "MagicBrush" in (out / "summary.md").read_text() and r"\toprule" in (out / "summary.tex").read_text()
+
+
+def test_unknown_method_lists_registered_ones(tmp_path, capsys):
+    code = main(["--methods", "ipnet,pix3pix", "--images", str(tmp_path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown method pix3pix; registered: ipnet, ipnet-2step" in err
+    code = main(["--methods", "ipnet", "--images", str(tmp_path), "--out", str(tmp_path / "r"),
+                 "--steps", "idenet=3"])
+    assert code == 2 and "--steps names idenet" in capsys.readouterr().err
+
+
+def test_missing_face_pack_fails_before_any_edit(tmp_path, images_dir, tiny_ipnet, capsys):
+    code = main(["--methods", "ipnet", "--model-override", f"ipnet={tiny_ipnet}", "--images", str(images_dir),
+                 "--out", str(tmp_path / "r"), "--device", "cpu", "--face-pack", str(tmp_path / "nope"),
+                 "--clip", "none", "--quiet"])
+    assert code == 3 and "not available" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "rows.jsonl").exists()
+
+
+def _expected_keys(method: str, images: list[str], instructions: list[str], seeds: list[int]) -> set:
+    return {(method, im, ins, s) for im in images for ins in instructions for s in seeds}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_killed_run_resumes_with_exactly_one_row_per_key(tmp_path, test_editors, images_dir, instructions_file):
+    out = tmp_path / "results"
+    args = ["--methods", "copy-test", "--images", str(images_dir), "--instructions", str(instructions_file),
+            "--out", str(out), "--seeds", "0,1", "--device", "cpu", "--resolution", "64", "--face-pack", "none",
+            "--clip", "none", "--warmup", "0", "--quiet"]
+    # A child process (forked: no second import of torch) runs the benchmark and is SIGKILLed by the crash hook
+    # halfway through writing its 4th row, as an OOM kill or a power cut would.
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        try:
+            os.environ[store.CRASH_ENV] = "3"
+            main(args)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    raw = (out / "rows.jsonl").read_text()
+    assert raw.count("\n") == 3 and not raw.endswith("\n")  # three rows and half a line
+    first = store.read_jsonl(out / "rows.jsonl")
+
+    assert main(args) == 0
+    rows = store.read_jsonl(out / "rows.jsonl")
+    keys = [store.row_key(r) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == _expected_keys("copy-test", ["astronaut", "blank", "drawn"], ["glasses", "oil"], [0, 1])
+    assert rows[:3] == first  # the rows written before the kill are kept as they were
+    assert (out / "rows.jsonl.partial").exists()
+    assert len(json.loads((out / "run.json").read_text())["sessions"]) == 2
+    assert main(args) == 0  # a third run has nothing left to do
+    assert len(store.read_jsonl(out / "rows.jsonl")) == 12
+    # Other settings would mix incomparable rows: refused.
+    assert main([*args[:-1], "--resolution", "128", "--quiet"]) == 2
+
+
+def test_sharded_processes_are_merged_by_rank0(tmp_path, test_editors, images_dir, instructions_file):
+    out = tmp_path / "results"
+    cfg = BenchmarkConfig(methods=["copy-test"], out=out, images=str(images_dir),
+                          instructions=str(instructions_file), seeds=[0, 1], resolution=64, warmup=0,
+                          scoring=ScoringConfig(face_pack=None, clip=None), progress=False)
+    run_benchmark(cfg, Dist(rank=1, world=2))  # rank 1 finishes first: a part file and a done marker
+    assert store.part_files(out, "rows") and not (out / "summary.md").exists()
+    run_benchmark(cfg, Dist(rank=0, world=2))  # rank 0 does its share, waits for the marker, merges, reports
+    rows = store.read_jsonl(out / "rows.jsonl")
+    keys = [store.row_key(r) for r in rows]
+    assert len(keys) == len(set(keys)) == 12
+    assert set(keys) == _expected_keys("copy-test", ["astronaut", "blank", "drawn"], ["glasses", "oil"], [0, 1])
+    assert {r["rank"] for r in rows} == {0, 1}
+    assert store.part_files(out, "rows") == [] and (out / "summary.md").exists()
+
+
+def test_score_later_and_rescore(tmp_path, test_editors, images_dir, instructions_file, tiny_face_pack,
+                                 tiny_clip_file):
+    out = tmp_path / "results"
+    args = ["--methods", "copy-test", "--score-later", "--second-face-pack", str(tiny_face_pack),
+            *common_args(images_dir, instructions_file, tiny_face_pack, tiny_clip_file, out)]
+    assert main(args) == 0
+    rows = store.read_jsonl(out / "rows.jsonl")
+    assert rows and all(r["scored"] is False and "id_sim" not in r for r in rows)  # nothing scored in the loop
+    scores = store.read_jsonl(out / "scores.jsonl")
+    assert len(scores) == len(rows)
+    summary = {m["method"]: m for m in json.loads((out / "summary.json").read_text())["methods"]}
+    assert summary["copy-test"]["id_sim_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert summary["copy-test"]["clip_i_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert summary["copy-test"]["id_sim_2_mean"] == pytest.approx(1.0, abs=1e-5)  # second face model column
+    assert "ID sim (2nd)" in (out / "summary.md").read_text()
+
+    assert main(["score", str(out), "--quiet", "--device", "cpu"]) == 0  # nothing pending
+    assert len(store.read_jsonl(out / "scores.jsonl")) == len(rows)
+    assert main(["score", str(out), "--rescore", "--clip", "none", "--quiet", "--device", "cpu"]) == 0
+    rescored = store.read_jsonl(out / "scores.jsonl")
+    assert len(rescored) == len(rows) and all("clip_t" not in s and "id_sim_2" in s for s in rescored)
+    run = json.loads((out / "run.json").read_text())
+    assert run["scoring"]["config"]["clip"] is None

@@ -13,7 +13,8 @@ transform, so ``losses.arcface_align`` can crop the face on a prediction of that
 
 Augmentation (optional, deterministic): a horizontal flip decided by ``(seed, key)``, where ``key`` is the second
 element of an index tuple ``ds[(row, key)]`` (the trainers pass the position of the sample in their data stream, so
-a resumed run flips exactly what an uninterrupted run flips) or the row itself for a plain integer index.
+a resumed run flips exactly what an uninterrupted run flips). A plain integer index ``ds[row]`` is never augmented
+(validation and evaluation see the canonical pair).
 
 ``write_synthetic_pairs`` writes a toy dataset in the same format ("make the background blue" on drawn faces, with
 hand-placed landmarks) for tests and smoke runs of the trainers.
@@ -137,7 +138,8 @@ class PairedEditDataset(Dataset):
     Args:
         root: the dataset folder.
         resolution: side of the square training image (short side scaled to it, centre crop).
-        hflip: mirror the pair (and its landmarks) with probability 1/2, deterministically per ``(seed, key)``.
+        hflip: mirror the pair (and its landmarks) with probability 1/2, deterministically per ``(seed, key)``, for
+            items indexed ``ds[(row, key)]``.
         seed: seed of the flip decisions.
 
     Items are dicts: ``id`` (str), ``index`` (int, row number), ``source`` / ``target`` (3, R, R) float32 in
@@ -163,7 +165,8 @@ class PairedEditDataset(Dataset):
         return self.hflip and _mix(self.seed, "hflip", row, key) % 2 == 1
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        row_idx, key = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (int(index), int(index))
+        augment = isinstance(index, tuple)
+        row_idx, key = (int(index[0]), int(index[1])) if augment else (int(index), 0)
         if not 0 <= row_idx < len(self.rows):
             raise IndexError(f"row {row_idx} out of range for {len(self.rows)} rows")
         row = self.rows[row_idx]
@@ -185,7 +188,7 @@ class PairedEditDataset(Dataset):
         bbox = np.full(4, np.nan, dtype=np.float32)
         if row.source_bbox is not None:  # box edges scale without the half-pixel shift
             bbox = row.source_bbox * scale - np.array([left, top, left, top], dtype=np.float32)
-        if self.flipped(row_idx, key):
+        if augment and self.flipped(row_idx, key):
             source = source.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
             target = target.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
             kps = kps[list(FLIP_KPS_ORDER)].copy()

@@ -1,0 +1,168 @@
+"""train/train_ipnet.py on tiny models: the DMD2-style wrapper (which terms, where gradients go), train + checkpoint +
+resume bit-identical to an uninterrupted run, the saved InstantPortraitPipeline through the registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import default_collate
+
+from instantportrait.data import PairedEditDataset, write_synthetic_pairs
+from train import train_ipnet
+from train.common import read_log, step_generator, tensor_to_pil
+from train.config import IPNetConfig, LossWeights, load_config_file, save_config
+
+UNET_FILE = Path("unet") / "diffusion_pytorch_model.safetensors"
+ALL_TERMS = LossWeights(adv=1.0, distill=1.0, sds=0.5, triplet=0.5, identity=0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    return write_synthetic_pairs(tmp_path_factory.mktemp("data") / "pairs", n=6, size=32)
+
+
+def _cfg(teacher: Path, pairs: Path, pack: Path, out: Path, **kw) -> IPNetConfig:
+    base = dict(model=str(teacher), dataset=str(pairs), output_dir=str(out), resolution=32, train_batch_size=2,
+                max_train_steps=4, learning_rate=1e-4, disc_learning_rate=1e-3, lr_scheduler="linear",
+                checkpointing_steps=2, log_every=1, identity_model=str(pack / "w_tiny.onnx"), weights=ALL_TERMS,
+                teacher_steps=2, teacher_t_start=600, sds_text_guidance=2.0, sds_image_guidance=1.5,
+                use_ema=True, ema_decay=0.9)
+    return IPNetConfig(**{**base, **kw})
+
+
+def _batch(pairs: Path, n: int = 2) -> dict:
+    ds = PairedEditDataset(pairs, 32)
+    batch = default_collate([ds[i] for i in range(n)])
+    batch["has_face"][-1] = False  # one sample without a face: excluded from the identity term
+    batch["source_kps"][-1] = float("nan")
+    return batch
+
+
+def _frozen_modules(w: train_ipnet.IPNetWrapper) -> list[torch.nn.Module]:
+    return [w.teacher_unet, w.vae, w.text_encoder, w.arcface]
+
+
+def test_generator_turn_gradients_reach_the_student_only(tmp_path, tiny_ip2p, pairs, tiny_face_pack):
+    cfg = _cfg(tiny_ip2p, pairs, tiny_face_pack, tmp_path, two_step=True)
+    wrapper, _, desc = train_ipnet.build_wrapper(cfg, torch.device("cpu"))
+    assert "VAE-encoder" in desc and "fallback: no CLIP" in desc  # the run log says which triplet features
+    losses, logs = wrapper(_batch(pairs), "generator", step_generator(0, "t", 1, 0, 0))
+    assert set(losses) == {"adv", "distill", "sds", "triplet", "identity"}
+    assert all(torch.isfinite(v) for v in losses.values()) and "step2_distill_loss" in logs
+    assert logs["disc_inputs"]["fake_latents"].requires_grad is False
+    total = train_ipnet.weighted_total(losses, cfg.weights.active())
+    torch.testing.assert_close(total, sum(w * losses[k] for k, w in cfg.weights.active().items()))
+    total.backward()
+    student = list(wrapper.student_unet.parameters())
+    assert all(p.grad is not None for p in student)
+    for module in _frozen_modules(wrapper):
+        assert all(p.grad is None and not p.requires_grad for p in module.parameters()), type(module).__name__
+    # every term on its own reaches the student (no detached path by mistake)
+    for term in ("adv", "distill", "sds", "triplet", "identity"):
+        wrapper.zero_grad(set_to_none=True)
+        losses, _ = wrapper(_batch(pairs), "generator", step_generator(0, "t", 1, 0, 0))
+        losses[term].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student), term
+        assert all(p.grad is None for m in _frozen_modules(wrapper) for p in m.parameters()), term
+
+
+def test_discriminator_turn_trains_the_heads_only(tmp_path, tiny_ip2p, pairs, tiny_face_pack):
+    cfg = _cfg(tiny_ip2p, pairs, tiny_face_pack, tmp_path, weights=LossWeights(adv=1, distill=0, sds=0, triplet=0,
+                                                                                identity=0))
+    wrapper, _, _ = train_ipnet.build_wrapper(cfg, torch.device("cpu"))
+    assert wrapper.arcface is None and wrapper.triplet_features is None  # unused parts are not even loaded
+    batch = _batch(pairs)
+    gen_losses, logs = wrapper(batch, "generator", step_generator(0, "g", 1, 0, 0))
+    assert set(gen_losses) == {"adv"}
+    losses, d_logs = wrapper(batch, "discriminator", step_generator(0, "d", 1, 0, 0), logs["disc_inputs"])
+    losses["disc"].backward()
+    assert all(p.grad is not None for p in wrapper.discriminator.parameters())
+    assert all(p.grad is None for p in wrapper.student_unet.parameters())
+    assert all(p.grad is None for m in (wrapper.teacher_unet, wrapper.vae) for p in m.parameters())
+    assert {"d_loss", "d_real_logit", "d_fake_logit"} <= set(d_logs)
+    # the teacher is referenced by the discriminator, not owned: its state holds only the heads
+    assert all(k.startswith("heads.") for k in wrapper.discriminator.state_dict())
+    with pytest.raises(ValueError, match="turn must be"):
+        wrapper(batch, "critic", step_generator(0, "d", 1, 0, 0))
+
+
+def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, tiny_ip2p, pairs, tiny_face_pack,
+                                                           tiny_clip_file):
+    # uninterrupted, with one-step validation edits scored by the tiny face pack and CLIP at steps 2 and 4
+    full = _cfg(tiny_ip2p, pairs, tiny_face_pack, tmp_path / "full", gen_update_ratio=2, triplet_features="vae",
+                validation_steps=2, num_validation_images=1, face_pack=str(tiny_face_pack), clip=str(tiny_clip_file))
+    train_ipnet.main(["--config", str(save_config(full, tmp_path / "full.yaml"))])
+    full_log = read_log(tmp_path / "full" / "logs.jsonl")
+    start = next(r for r in full_log if r.get("event") == "start")
+    assert start["triplet_features"].startswith("pooled VAE-encoder") and start["discriminator"] == "unet-feature"
+    val = [r for r in full_log if r.get("event") == "validation"]
+    assert [r["step"] for r in val] == [2, 4] and all("clip_t" in r and "id_sim" in r for r in val)
+    steps = [r for r in full_log if "loss_d" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert [("loss_g" in r) for r in steps] == [True, False, True, False]  # generator every 2nd iteration
+
+    # killed after step 2, resumed from that checkpoint in a fresh folder (an explicit path this time), without
+    # validation: identical numbers show validation (EMA weights swapped in and out) changed nothing
+    ckpt = tmp_path / "full" / "checkpoint-2"
+    assert load_config_file(ckpt / "train_config.yaml") == full
+    assert {"unet", "unet_ema.safetensors", "discriminator.safetensors", "training_state.json"} <= \
+        {p.name for p in ckpt.iterdir()}
+    resumed_ckpt = tmp_path / "elsewhere" / "checkpoint-2"
+    shutil.copytree(ckpt, resumed_ckpt)
+    train_ipnet.train(_cfg(tiny_ip2p, pairs, tiny_face_pack, tmp_path / "part", gen_update_ratio=2,
+                           triplet_features="vae", resume=str(resumed_ckpt)))
+    log = read_log(tmp_path / "part" / "logs.jsonl")
+    assert [r["global_step"] for r in log if r.get("event") == "resume"] == [2]
+    assert [r["step"] for r in log if "loss_d" in r] == [3, 4]
+    by_step = {r["step"]: r for r in steps}
+    for r in (r for r in log if "loss_d" in r):
+        assert (r["loss_d"], r.get("loss_g")) == (by_step[r["step"]]["loss_d"], by_step[r["step"]].get("loss_g"))
+    for sub in (UNET_FILE, Path("checkpoint-4") / UNET_FILE, Path("checkpoint-4") / "unet_ema.safetensors",
+                Path("checkpoint-4") / "discriminator.safetensors"):
+        a, b = load_file(str(tmp_path / "full" / sub)), load_file(str(tmp_path / "part" / sub))
+        assert all(torch.equal(a[k], b[k]) for k in a), sub
+    # each LR scheduler stepped once per step of its own optimiser: 2 generator steps, 4 discriminator steps
+    state = json.loads((tmp_path / "part" / "checkpoint-4" / "training_state.json").read_text())
+    assert state["g_lr_scheduler"]["last_epoch"] == 2 and state["d_lr_scheduler"]["last_epoch"] == 4
+    assert state["g_lr_scheduler"]["_last_lr"] == [0.0] and state["d_lr_scheduler"]["_last_lr"] == [0.0]
+
+    # the output is an InstantPortraitPipeline the registry loads as `ipnet`; the card holds the config
+    out = tmp_path / "full"
+    card = json.loads((out / "instantportrait_card.json").read_text())
+    assert card["training"]["weights"] == {"adv": 1.0, "distill": 1.0, "sds": 0.5, "triplet": 0.5, "identity": 0.5}
+    assert card["training"]["gen_update_ratio"] == 2 and load_config_file(out / "train_config.yaml") == full
+    from instantportrait.methods import get_editor
+
+    item = PairedEditDataset(pairs, 32)[0]
+    edited = get_editor("ipnet", model=str(out), resolution=32).edit([tensor_to_pil(item["source"])],
+                                                                      ["make the background blue"], seed=0)
+    assert edited[0].size == (32, 32)
+
+
+def test_ablation_switches_run(tmp_path, tiny_ip2p, pairs, tiny_face_pack, tiny_clip_file):
+    """Stochastic teacher start, pixel-space perceptual distillation, CLIP triplet features, non-saturating GAN."""
+    cfg = _cfg(tiny_ip2p, pairs, tiny_face_pack, tmp_path, teacher_start="stochastic", distill_space="pixel",
+               distill_kind="l2+perceptual", clip=str(tiny_clip_file), adv_loss="nonsaturating",
+               weights=LossWeights(adv=1, distill=1, sds=0, triplet=1, identity=0))
+    wrapper, _, desc = train_ipnet.build_wrapper(cfg, torch.device("cpu"))
+    assert desc.startswith("CLIP image features")
+    losses, logs = wrapper(_batch(pairs), "generator", step_generator(0, "t", 1, 0, 0))
+    assert {"distill_pixel_l2", "distill_pixel_perceptual", "triplet_loss"} <= set(logs)
+    train_ipnet.weighted_total(losses, cfg.weights.active()).backward()
+    assert all(p.grad is not None for p in wrapper.student_unet.parameters())
+    with pytest.raises(ValueError, match="unknown discriminator 'stylegan'"):
+        train_ipnet.build_discriminator(wrapper.teacher_unet, wrapper.pipe.scheduler,
+                                        IPNetConfig(discriminator="stylegan"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,23 +189,47 @@ def _expected_keys(method: str, images: list[str], instructions: list[str], seed
     return {(method, im, ins, s) for im in images for ins in instructions for s in seeds}
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+_CHILD = """
+import sys
+from instantportrait.methods import Editor, registry
+
+
+class CopyEditor(Editor):
+    name = "copy-test"
+    label = "Copy (test)"
+
+    def _load(self):
+        return "loaded"
+
+    def _modules(self, loaded):
+        return []
+
+    def nfe(self, settings=None):
+        return 0
+
+    def _edit(self, loaded, images, instructions, seed, settings, progress):
+        return [im.copy() for im in images]
+
+
+registry._EDITORS[CopyEditor.name] = CopyEditor
+from benchmark.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_run_resumes_with_exactly_one_row_per_key(tmp_path, test_editors, images_dir, instructions_file):
     out = tmp_path / "results"
     args = ["--methods", "copy-test", "--images", str(images_dir), "--instructions", str(instructions_file),
             "--out", str(out), "--seeds", "0,1", "--device", "cpu", "--resolution", "64", "--face-pack", "none",
             "--clip", "none", "--warmup", "0", "--quiet"]
-    # A child process (forked: no second import of torch) runs the benchmark and is SIGKILLed by the crash hook
-    # halfway through writing its 4th row, as an OOM kill or a power cut would.
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        try:
-            os.environ[store.CRASH_ENV] = "3"
-            main(args)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    # A separate process runs the benchmark and is SIGKILLed by the crash hook halfway through writing its 4th row,
+    # as an OOM kill or a power cut would. (A fresh interpreter, not a fork: forking a process that already runs
+    # threads, as pytest's does after other tests, can deadlock the child on a lock held at fork time.)
+    env = {**os.environ, store.CRASH_ENV: "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     raw = (out / "rows.jsonl").read_text()
     assert raw.count("\n") == 3 and not raw.endswith("\n")  # three rows and half a line
     first = store.read_jsonl(out / "rows.jsonl")

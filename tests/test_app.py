@@ -341,7 +341,7 @@ def test_without_any_weights_every_tile_says_why(tmp_path, astronaut_file):
     the banner carry the reason and the --tiny hint."""
     t0 = time.perf_counter()
     settings = AppSettings(face_pack=str(tmp_path / "no_pack"), clip=str(tmp_path / "no_clip.pt"), work_dir=tmp_path,
-                           demo_root=tmp_path / "no-demo-models", device="cpu")
+                           demo_root=tmp_path / "no-demo-models", device="cpu", auto_tiny=False)
     service = EditService.create(settings)
     assert time.perf_counter() - t0 < 20
     assert all(s.kind == "missing" for s in service.sources.values())
@@ -351,6 +351,17 @@ def test_without_any_weights_every_tile_says_why(tmp_path, astronaut_file):
     for r in result.results:
         assert r.image is None and "is not available" in r.caption() and "--tiny" in r.caption()
     assert "instantportrait/ipnet-sd15" in result.results[0].error
+
+
+def test_without_any_weights_the_default_falls_back_to_labelled_tiny_models(tmp_path, astronaut_file):
+    """A fresh offline machine: `python app.py` still serves something; every tile says it is tiny random weights."""
+    settings = AppSettings(face_pack=str(tmp_path / "no_pack"), clip=str(tmp_path / "no_clip.pt"), work_dir=tmp_path,
+                           demo_root=tmp_path / "no-demo-models", device="cpu", resolution=64)
+    service = EditService.create(settings)
+    assert service.sources["ipnet"].kind == "tiny" and service.sources["magicbrush"].kind == "tiny"
+    assert TINY_LABEL in service.banner_markdown()
+    result = service.run(EditRequest(str(astronaut_file), "wearing a hat", ("ipnet",)))
+    assert result.results[0].image is not None and TINY_LABEL in result.results[0].caption()
 
 
 # ---------------------------------------------------------------------------------------------------------- sources

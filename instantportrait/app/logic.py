@@ -17,6 +17,7 @@ sources, the model manager, the scorers).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -294,6 +295,14 @@ class EditService:
         sources = resolve_sources(methods, sources=settings.sources,
                                   overrides=method_overrides(methods, settings.models),
                                   demo_root=settings.demo_root, tiny=tiny)
+        if settings.auto_tiny and not settings.allows_tiny and not any(s.available for s in sources.values()):
+            logger.warning("no real or demo model is available for any method: serving TINY RANDOM-weight "
+                           "stand-ins, labelled as such (start with --no-auto-tiny to refuse)")
+            settings = dataclasses.replace(settings, tiny=True)
+            tiny = TinyModels(work_dir / "tiny")
+            sources = resolve_sources(methods, sources=settings.sources,
+                                      overrides=method_overrides(methods, settings.models),
+                                      demo_root=settings.demo_root, tiny=tiny)
         manager = ModelManager(settings.budget_bytes())
         for name, source in sources.items():
             if source.available:

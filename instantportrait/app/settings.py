@@ -42,6 +42,9 @@ class AppSettings:
     port: int = 7860
     share: bool = False
     tiny: bool = False  # allow tiny random-weight stand-ins when neither real nor demo models exist
+    # When no method at all has a real or demo model (a fresh offline machine), fall back to the labelled tiny
+    # stand-ins so the interface still works, instead of a page where nothing can run.
+    auto_tiny: bool = True
     sources: tuple[str, ...] = ("real", "demo")  # model sources in order of preference (tiny appended by `tiny`)
     demo_root: Path = DEMO_ROOT
     resolution: int = 512  # long side the editors work at
@@ -133,6 +136,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         f"choose from {','.join(SOURCE_KINDS)})")
     p.add_argument("--resolution", type=int, default=512, help="long side the editors work at")
     p.add_argument("--max-side", type=int, default=1024, help="larger uploads are downscaled to this first")
+    p.add_argument("--no-auto-tiny", dest="auto_tiny", action="store_false",
+                   help="do not fall back to tiny random weights when no method has real or demo weights")
     p.add_argument("--work-dir", type=Path, default=None, help="where tiny models and example images are written")
     return p
 
@@ -151,7 +156,8 @@ def settings_from_args(argv: list[str] | None = None) -> AppSettings:
         return AppSettings(
             device=args.device, dtype=args.dtype, models=dict(args.model), face_pack=args.face_pack, clip=args.clip,
             memory_budget_gb=args.memory_budget_gb, max_concurrency=args.max_concurrency, queue_size=args.queue_size,
-            host=args.host, port=args.port, share=args.share, tiny=args.tiny, sources=sources,
+            host=args.host, port=args.port, share=args.share, tiny=args.tiny, auto_tiny=args.auto_tiny,
+            sources=sources,
             resolution=args.resolution, max_side=args.max_side, work_dir=args.work_dir,
         )
     except ValueError as exc:

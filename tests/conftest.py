@@ -26,6 +26,16 @@ def offline(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models are latency-bound: two OpenMP threads on a 2-core machine that also runs subprocesses (CLI tests,
+    the app server, Chromium) mostly wait for each other. One thread keeps the suite's runtime stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

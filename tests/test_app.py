@@ -45,15 +45,6 @@ from instantportrait.examples import (
 from instantportrait.methods import Editor, list_methods
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny torch ops share 2 busy cores with other processes: one intra-op thread each."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------------------------- helpers
 class FakeEditor(Editor):
     """A registry-style editor with ``n_params`` float32 parameters (its size) that returns its inputs unchanged (or

@@ -9,7 +9,6 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
 
 from instantportrait.app import TINY_LABEL, AppSettings
 from instantportrait.examples import astronaut_portrait
@@ -20,14 +19,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT_COPY = Path("/tmp/app_screenshot.png")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,6 @@ def _tiny_iresnet(seed: int = 0) -> IResNet:
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads stall badly on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> tuple[IResNet, str]:
     model = _tiny_iresnet()

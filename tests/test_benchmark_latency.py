@@ -15,14 +15,6 @@ from instantportrait.architectures import resolve_architecture
 from instantportrait.methods import Editor, EditSettings, get_editor, registry
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class NoBuilderEditor(Editor):
     name = "nobuilder-test"
     label = "No builder (test)"

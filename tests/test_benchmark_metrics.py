@@ -8,20 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from benchmark import metrics, store
 from benchmark.cli import parse_overrides, parse_per_method, parse_resolution
 from benchmark.data import DEFAULT_INSTRUCTIONS, load_instructions
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def drawn_face(size: int = 128) -> Image.Image:

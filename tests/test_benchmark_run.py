@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from benchmark import store
@@ -19,14 +18,6 @@ from benchmark.cli import main
 from benchmark.runner import BenchmarkConfig, Dist, run_benchmark
 from benchmark.scoring import ScoringConfig
 from instantportrait.methods import Editor, registry
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def drawn_face(size: int = 128) -> Image.Image:

@@ -21,14 +21,6 @@ from train.instructions import CATEGORIES, COMBO, TEMPLATES, EditInstruction, lo
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def drawn_face(size: int, background: tuple[int, int, int], skin=(224, 172, 140)) -> Image.Image:
     """A skin-coloured ellipse with dark eyes and a mouth on a plain background (the tiny detector finds it)."""
     image = Image.new("RGB", (size, size), background)

@@ -23,16 +23,6 @@ from instantportrait.testing_clip import TINY_CLIP_EMBED_DIM, build_tiny_clip
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "INSTANTPORTRAIT_OFFLINE")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is latency-bound: with 2 OpenMP threads on a busy 2-core machine each op waits for a core
-    (~170 ms per forward instead of ~1 ms). One thread makes the module's runtime independent of other load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt", seed=0)

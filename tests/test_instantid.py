@@ -31,14 +31,6 @@ from instantportrait.methods.instantid import (
 STEPS = EditSettings(num_inference_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_release(tmp_path_factory):
     return save_tiny_instantid(tmp_path_factory.mktemp("instantid"), embedding_dim=128)

@@ -28,15 +28,6 @@ def _scheduler():
         return tiny_scheduler()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads stall badly on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def unet():
     return tiny_unet().requires_grad_(False)

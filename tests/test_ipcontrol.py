@@ -26,14 +26,6 @@ from instantportrait.methods.ipcontrol import (
 STEPS = EditSettings(num_inference_steps=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_release(tmp_path_factory):
     return save_tiny_ipcontrol(tmp_path_factory.mktemp("ipcontrol"), embedding_dim=128)

@@ -29,14 +29,6 @@ IDENET_STEPS = 200
 IPNET_STEPS = 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _learning_model(path: Path, data: Path) -> Path:
     """The tiny InstructPix2Pix with the VAE scaling factor fitted to the data (unit-variance scaled latents)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline

@@ -40,15 +40,6 @@ ASTRONAUT_KPS = ((190.0, 100.0), (250.0, 95.0), (222.0, 130.0), (198.0, 160.0), 
 TILTED_KPS = ((20.0, 30.0), (52.0, 38.0), (33.0, 50.0), (18.0, 64.0), (44.0, 70.0))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and OpenMP threads stall badly on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def unet():
     return tiny_unet().requires_grad_(False)

@@ -21,14 +21,6 @@ from train.config import IDENetConfig, load_config_file
 UNET_FILE = Path("unet") / "diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
     return write_synthetic_pairs(tmp_path_factory.mktemp("data") / "pairs", n=6, size=32)

@@ -21,14 +21,6 @@ UNET_FILE = Path("unet") / "diffusion_pytorch_model.safetensors"
 ALL_TERMS = LossWeights(adv=1.0, distill=1.0, sds=0.5, triplet=0.5, identity=0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
     return write_synthetic_pairs(tmp_path_factory.mktemp("data") / "pairs", n=6, size=32)

@@ -484,3 +484,19 @@ def publish_if_asked(cfg: Any, out: Path, metrics_file: str | None = None) -> st
     from instantportrait.hub import publish_checkpoint
 
     return publish_checkpoint(out, cfg.push_to_hub, revision=cfg.hub_revision, metrics_file=metrics_file)
+
+
+def finish_training(accelerator: Any, cfg: Any, final_unet: torch.nn.Module, ema: Any,
+                    save: Callable[[torch.nn.Module], Path], log: JsonlLogger, step: int) -> None:
+    """On the main process: EMA weights into the final UNet, ``save`` it, publish if asked, log; then end."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.copy_to(final_unet.parameters())
+        out = save(final_unet)
+        url = publish_if_asked(cfg, out)
+        if url:
+            log.log({"event": "published", "repo": cfg.push_to_hub, "url": url})
+        log.log({"event": "done", "global_step": step, "model": str(out)})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()

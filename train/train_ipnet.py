@@ -61,6 +61,7 @@ from .common import (
     JsonlLogger,
     clip_gradients,
     encode_prompts,
+    finish_training,
     load_checkpoint,
     load_ema,
     load_identity_model,
@@ -73,7 +74,6 @@ from .common import (
     make_validation_scorers,
     mean_logs,
     optimizer_stepped,
-    publish_if_asked,
     resolve_model_path,
     resolve_resume,
     run_validation,
@@ -593,18 +593,8 @@ def train(cfg: IPNetConfig) -> Path:
                       train_step=train_step, checkpoint_state=checkpoint_state,
                       validate=validate if cfg.validation_steps else None, log=log)
 
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = inner.student_unet
-        if ema is not None:
-            ema.copy_to(final.parameters())
-        save_ipnet(final, init_path, cfg, out, dataset.info)
-        url = publish_if_asked(cfg, out)
-        if url:
-            log.log({"event": "published", "repo": cfg.push_to_hub, "url": url})
-        log.log({"event": "done", "global_step": step, "model": str(out)})
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_training(accelerator, cfg, inner.student_unet, ema,
+                    lambda final: save_ipnet(final, init_path, cfg, out, dataset.info), log, step)
     return out
 
 

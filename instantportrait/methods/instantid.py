@@ -646,25 +646,14 @@ def random_architecture_name(editor: Editor) -> str:
     return "tiny" if name == "tiny" else "real"
 
 
-@register
-class InstantIDEditor(Editor):
-    name = "instantid"
-    label = "InstantID"
-    description = ("InstantID (Wang et al. 2024): SDXL + IdentityNet ControlNet on face keypoints + IP-Adapter face "
-                   "tokens; text-to-image with the instruction as a caption.")
-    model_key = "instantid"
-    base_key = "sdxl-base"
+class FaceConditionedEditor(Editor):
+    """What InstantID and IP-Control share: a base model + an adapter release, a face pack, and sampling settings
+    (steps, text guidance, ControlNet and IP-Adapter scales, prompt) read from ``EditSettings`` over a config."""
+
+    base_key: str
     random_architecture: str | None = None  # see random_architecture_name()
+    config: Any
 
-    def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 model: str | None = None, resolution: int | None = 1024, base_model: str | None = None,
-                 config: InstantIDConfig | None = None) -> None:
-        super().__init__(device=device, dtype=dtype, model=model, resolution=resolution)
-        self.base_override = base_model
-        self.config = config or InstantIDConfig()
-        self._random = False
-
-    # ----------------------------------------------------------------- models
     def spec(self) -> ModelSpec:
         return resolve_model(self.model_key, self.model_override)
 
@@ -676,13 +665,55 @@ class InstantIDEditor(Editor):
 
         return FaceEncoder(self.config.face_pack, root=self.config.face_root, device=str(self.device))
 
-    def check_available(self) -> None:
-        """Face pack, InstantID release and SDXL base all present (or downloadable now); else a fast
-        ``ModelNotAvailableError`` naming the missing one."""
+    def _check_face_pack(self) -> None:
         from ..face import check_pack_folder
 
         enc = self.face_encoder()
         check_pack_folder(enc.spec, enc.folder)
+
+    def _settings(self, settings: EditSettings | None) -> dict[str, Any]:
+        s, c = settings or EditSettings(), self.config
+        extra = s.extra or {}
+        steps = s.num_inference_steps if s.num_inference_steps else c.num_inference_steps
+        if steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
+        return {
+            "steps": int(steps),
+            "guidance_scale": float(s.guidance_scale if s.guidance_scale is not None else c.guidance_scale),
+            "control_scale": float(extra.get("controlnet_conditioning_scale", c.controlnet_conditioning_scale)),
+            "ip_scale": float(extra.get("ip_adapter_scale", c.ip_adapter_scale)),
+            "prompt": extra.get("prompt"),
+            "negative_prompt": str(extra.get("negative_prompt", c.negative_prompt)),
+        }
+
+    def nfe(self, settings: EditSettings | None = None) -> int:
+        """UNet evaluations: steps x 2 under CFG (guidance > 1). The ControlNet runs as often (see describe())."""
+        s = self._settings(settings)
+        return s["steps"] * (2 if s["guidance_scale"] > 1.0 else 1)
+
+
+@register
+class InstantIDEditor(FaceConditionedEditor):
+    name = "instantid"
+    label = "InstantID"
+    description = ("InstantID (Wang et al. 2024): SDXL + IdentityNet ControlNet on face keypoints + IP-Adapter face "
+                   "tokens; text-to-image with the instruction as a caption.")
+    model_key = "instantid"
+    base_key = "sdxl-base"
+
+    def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 model: str | None = None, resolution: int | None = 1024, base_model: str | None = None,
+                 config: InstantIDConfig | None = None) -> None:
+        super().__init__(device=device, dtype=dtype, model=model, resolution=resolution)
+        self.base_override = base_model
+        self.config = config or InstantIDConfig()
+        self._random = False
+
+    # ----------------------------------------------------------------- models
+    def check_available(self) -> None:
+        """Face pack, InstantID release and SDXL base all present (or downloadable now); else a fast
+        ``ModelNotAvailableError`` naming the missing one."""
+        self._check_face_pack()
         check_spec_available(self.spec())
         check_spec_available(self.base_spec())
 
@@ -779,26 +810,6 @@ class InstantIDEditor(Editor):
                 loaded.resampler]
 
     # ----------------------------------------------------------------- facts
-    def _settings(self, settings: EditSettings | None) -> dict[str, Any]:
-        s, c = settings or EditSettings(), self.config
-        extra = s.extra or {}
-        steps = s.num_inference_steps if s.num_inference_steps else c.num_inference_steps
-        if steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
-        return {
-            "steps": int(steps),
-            "guidance_scale": float(s.guidance_scale if s.guidance_scale is not None else c.guidance_scale),
-            "control_scale": float(extra.get("controlnet_conditioning_scale", c.controlnet_conditioning_scale)),
-            "ip_scale": float(extra.get("ip_adapter_scale", c.ip_adapter_scale)),
-            "prompt": extra.get("prompt"),
-            "negative_prompt": str(extra.get("negative_prompt", c.negative_prompt)),
-        }
-
-    def nfe(self, settings: EditSettings | None = None) -> int:
-        """UNet evaluations: steps x 2 under CFG (guidance > 1). The IdentityNet runs as often (see describe())."""
-        s = self._settings(settings)
-        return s["steps"] * (2 if s["guidance_scale"] > 1.0 else 1)
-
     def describe(self) -> dict[str, Any]:
         c = self.config
         info = {**super().describe(), "controlnet_evaluations": self.nfe(),

@@ -42,9 +42,10 @@ from ..config import ModelSpec, resolve_model
 from ..errors import ModelNotAvailableError
 from ..hub import locate
 from ..keypoints import canny_edges, draw_openpose_head, template_keypoints
-from .base import Editor, EditSettings, ProgressFn
+from .base import EditSettings, ProgressFn
 from .instantid import (
     DenoiseInputs,
+    FaceConditionedEditor,
     attention_module,
     check_spec_available,
     control_tensor,
@@ -258,14 +259,13 @@ class IPControlModels:
 
 
 @register
-class IPControlEditor(Editor):
+class IPControlEditor(FaceConditionedEditor):
     name = "ipcontrol"
     label = "IP-Control (FaceID + ControlNet)"
     description = ("IP-Adapter FaceID (identity tokens + merged LoRA) with an SD1.5 ControlNet (OpenPose head from "
                    "the face landmarks, or Canny); text-to-image with the instruction as a caption.")
     model_key = "ip-adapter-faceid"
     base_key = "sd15-base"
-    random_architecture: str | None = None  # see instantid.random_architecture_name()
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  model: str | None = None, resolution: int | None = 512, base_model: str | None = None,
@@ -276,25 +276,11 @@ class IPControlEditor(Editor):
         self.config = config or IPControlConfig()
         self._random = False
 
-    def spec(self) -> ModelSpec:
-        return resolve_model(self.model_key, self.model_override)
-
-    def base_spec(self) -> ModelSpec:
-        return resolve_model(self.base_key, self.base_override)
-
     def controlnet_spec(self) -> ModelSpec:
         return resolve_model(CONTROL_MODELS[self.config.control], self.controlnet_override)
 
-    def face_encoder(self) -> Any:
-        from ..face import FaceEncoder
-
-        return FaceEncoder(self.config.face_pack, root=self.config.face_root, device=str(self.device))
-
     def check_available(self) -> None:
-        from ..face import check_pack_folder
-
-        enc = self.face_encoder()
-        check_pack_folder(enc.spec, enc.folder)
+        self._check_face_pack()
         for spec in (self.spec(), self.controlnet_spec(), self.base_spec()):
             check_spec_available(spec)
 
@@ -362,26 +348,6 @@ class IPControlEditor(Editor):
 
     def _modules(self, loaded: IPControlModels) -> list[nn.Module]:
         return [loaded.unet, loaded.controlnet, loaded.vae, loaded.text_encoder, loaded.projection]
-
-    def _settings(self, settings: EditSettings | None) -> dict[str, Any]:
-        s, c = settings or EditSettings(), self.config
-        extra = s.extra or {}
-        steps = s.num_inference_steps if s.num_inference_steps else c.num_inference_steps
-        if steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {steps}")
-        return {
-            "steps": int(steps),
-            "guidance_scale": float(s.guidance_scale if s.guidance_scale is not None else c.guidance_scale),
-            "control_scale": float(extra.get("controlnet_conditioning_scale", c.controlnet_conditioning_scale)),
-            "ip_scale": float(extra.get("ip_adapter_scale", c.ip_adapter_scale)),
-            "prompt": extra.get("prompt"),
-            "negative_prompt": str(extra.get("negative_prompt", c.negative_prompt)),
-        }
-
-    def nfe(self, settings: EditSettings | None = None) -> int:
-        """UNet evaluations: steps x 2 under CFG. The ControlNet runs as often (see describe())."""
-        s = self._settings(settings)
-        return s["steps"] * (2 if s["guidance_scale"] > 1.0 else 1)
 
     def describe(self) -> dict[str, Any]:
         c = self.config

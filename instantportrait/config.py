@@ -168,6 +168,13 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Toy models shipped in the repo, trained by this project's own trainers on the synthetic portrait world
+# (`python -m train.train_scorers`, `python -m train.demo`). Offline defaults where the real models are absent.
+DEMO_ROOT = Path(__file__).resolve().parent / "demo_models"
+DEMO_FACE_PACK = DEMO_ROOT / "face_pack"
+DEMO_CLIP = DEMO_ROOT / "clip" / "demo_clip.safetensors"
+
+
 def env_override(key: str) -> str | None:
     spec = MODELS.get(key)
     name = spec.env_var if spec else ENV_PREFIX + key.upper().replace("-", "_")

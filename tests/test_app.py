@@ -613,3 +613,20 @@ def test_eight_concurrent_requests_each_get_their_own_results(served, client, se
         assert got[i].shape == ref.shape
         errors = [np.abs(got[i] - r).mean() if r.shape == got[i].shape else np.inf for r in refs]
         assert errors[i] < 0.5 and int(np.argmin(errors)) == i, f"request {i} got another request's image: {errors}"
+
+
+def test_missing_default_scorers_fall_back_to_the_shipped_demo_scorers(tmp_path, monkeypatch):
+    """No buffalo_l and no ViT-L/14 on disk: the app scores with the demo face pack and demo CLIP, labelled as toys.
+    An explicitly named pack that is missing stays missing (an explicit choice is final)."""
+    from instantportrait.app.scoring import Scorers
+    from instantportrait.synthetic import World
+
+    monkeypatch.setenv("INSIGHTFACE_ROOT", str(tmp_path / "no-insightface"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip either
+    scorers = Scorers(device="cpu")
+    assert "demo pack" in scorers.face_label and "demo model" in scorers.clip_label
+    sample = World(seed=0, num_identities=20).sample("test", 0)
+    faces = scorers.source_faces(sample.source)
+    assert faces.face is not None and faces.count == 1
+    explicit = Scorers(face_pack=str(tmp_path / "my_pack"), clip=str(tmp_path / "my_clip.pt"), device="cpu")
+    assert explicit.face_error and explicit.clip_error

@@ -13,9 +13,12 @@ from typing import Any
 
 import PIL.Image
 
+from ..config import DEMO_CLIP, DEMO_FACE_PACK
 from ..errors import InstantPortraitError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_FACE_PACK = "buffalo_l"
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Scorers:
     one per request.
     """
 
-    def __init__(self, face_pack: str | Path = "buffalo_l", clip: str | Path | None = None, device: str = "cpu",
+    def __init__(self, face_pack: str | Path = DEFAULT_FACE_PACK, clip: str | Path | None = None, device: str = "cpu",
                  tiny_root: str | Path | None = None) -> None:
         self.device = device
         self._lock = threading.Lock()
@@ -65,6 +68,11 @@ class Scorers:
             return
         except (ModelNotAvailableError, ValueError) as exc:
             error = str(exc)
+        if str(pack) == DEFAULT_FACE_PACK and (DEMO_FACE_PACK / "README.md").is_file():
+            # The default pack is missing (offline, non-commercial weights not installed): the shipped demo pack.
+            self._face = FaceEncoder(DEMO_FACE_PACK, device=self.device)
+            self.face_label = f"face model: demo pack (toy, synthetic portraits only; {DEFAULT_FACE_PACK} missing)"
+            return
         if tiny_root is not None:
             from ..testing_face import build_tiny_face_pack
 
@@ -84,6 +92,11 @@ class Scorers:
             scorer, error = None, str(exc)
         else:
             error = None
+            if clip is None and not scorer.expected_path.is_file() and DEMO_CLIP.is_file():
+                # The default CLIP is not on disk: the shipped demo CLIP rather than a download attempt.
+                self._clip = ClipScorer(weights=DEMO_CLIP, device=self.device)
+                self.clip_label = f"CLIP: demo model (toy, synthetic portraits only; {scorer.variant} missing)"
+                return
             if scorer.expected_path.is_file() or tiny_root is None:
                 # Present, or (without --tiny) downloaded on first use if the network allows; fails fast offline.
                 name = scorer.variant or scorer.expected_path.name

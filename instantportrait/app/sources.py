@@ -24,13 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import env_override
+from ..config import DEMO_ROOT, env_override
 from ..errors import ModelNotAvailableError
 from ..methods import editor_class, get_editor
 
 logger = logging.getLogger(__name__)
 
-DEMO_ROOT = Path(__file__).resolve().parents[1] / "demo_models"
 SOURCE_KINDS = ("real", "demo", "tiny")
 TINY_LABEL = "TINY RANDOM WEIGHTS — for UI testing only, not a model"
 

@@ -182,29 +182,12 @@ def _expected_keys(method: str, images: list[str], instructions: list[str], seed
 
 _CHILD = """
 import sys
-from instantportrait.methods import Editor, registry
 
-
-class CopyEditor(Editor):
-    name = "copy-test"
-    label = "Copy (test)"
-
-    def _load(self):
-        return "loaded"
-
-    def _modules(self, loaded):
-        return []
-
-    def nfe(self, settings=None):
-        return 0
-
-    def _edit(self, loaded, images, instructions, seed, settings, progress):
-        return [im.copy() for im in images]
-
+from benchmark.cli import main
+from instantportrait.methods import registry
+from tests.test_benchmark_run import CopyEditor
 
 registry._EDITORS[CopyEditor.name] = CopyEditor
-from benchmark.cli import main
-
 sys.exit(main(sys.argv[1:]))
 """
 

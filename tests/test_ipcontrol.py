@@ -83,7 +83,7 @@ def test_lora_is_merged_into_the_attention_weights(tiny_release, editor):
 
 
 def test_edits_keep_sizes_are_seeded_and_follow_the_face(editor, astronaut_image, monkeypatch):
-    import instantportrait.methods.ipcontrol as module
+    import instantportrait.methods.instantid as module  # the shared sampler (FaceConditionedEditor._sample)
 
     image = astronaut_image.resize((128, 128))
     tall = astronaut_image.crop((0, 0, 384, 512)).resize((96, 128))

@@ -691,6 +691,22 @@ class FaceConditionedEditor(Editor):
         s = self._settings(settings)
         return s["steps"] * (2 if s["guidance_scale"] > 1.0 else 1)
 
+    def _sample(self, loaded: Any, inputs: DenoiseInputs, scheduler: Any, seed: int | list[int],
+                size: tuple[int, int], s: dict[str, Any], progress: Any,
+                work_size: tuple[int, int]) -> list[PIL.Image.Image]:
+        """Noise -> ControlNet + IP-Adapter denoising -> decoded images at ``work_size`` (``size``: sampling w, h)."""
+        w, h = size
+        generators = self.generators(len(inputs.text_cond), seed)
+        vae_factor = 2 ** (len(loaded.vae.config.block_out_channels) - 1)
+        latents = initial_latents(generators, (loaded.unet.config.in_channels, h // vae_factor, w // vae_factor),
+                                  float(scheduler.init_noise_sigma), inputs.text_cond.device)
+        latents = controlnet_ip_denoise(
+            unet=loaded.unet, controlnet=loaded.controlnet, scheduler=scheduler, latents=latents, inputs=inputs,
+            steps=s["steps"], guidance_scale=s["guidance_scale"], control_scale=s["control_scale"],
+            ip_scale=s["ip_scale"], generators=generators, progress=progress)
+        out = decode_latents(loaded.vae, latents)
+        return [img.resize(work_size, PIL.Image.Resampling.LANCZOS) if img.size != work_size else img for img in out]
+
 
 @register
 class InstantIDEditor(FaceConditionedEditor):
@@ -883,16 +899,7 @@ class InstantIDEditor(FaceConditionedEditor):
             control_context_cond=tokens, control_context_uncond=null_tokens,
             control_image=control_tensor(kps_images, dev, loaded.controlnet.dtype), added_cond=added)
         scheduler = loaded.scheduler_class.from_config(loaded.scheduler_config)  # fresh: schedulers keep step state
-        generators = self.generators(n, seed)
-        vae_factor = 2 ** (len(loaded.vae.config.block_out_channels) - 1)
-        latents = initial_latents(generators, (loaded.unet.config.in_channels, h // vae_factor, w // vae_factor),
-                                  float(scheduler.init_noise_sigma), dev)
-        latents = controlnet_ip_denoise(
-            unet=loaded.unet, controlnet=loaded.controlnet, scheduler=scheduler, latents=latents, inputs=inputs,
-            steps=s["steps"], guidance_scale=s["guidance_scale"], control_scale=s["control_scale"],
-            ip_scale=s["ip_scale"], generators=generators, progress=progress)
-        out = decode_latents(loaded.vae, latents)
-        return [img.resize(work_size, PIL.Image.Resampling.LANCZOS) if img.size != work_size else img for img in out]
+        return self._sample(loaded, inputs, scheduler, seed, (w, h), s, progress, work_size)
 
 
 # --------------------------------------------------------------------------------------------------------------------

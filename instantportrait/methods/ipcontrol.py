@@ -49,11 +49,8 @@ from .instantid import (
     attention_module,
     check_spec_available,
     control_tensor,
-    controlnet_ip_denoise,
-    decode_latents,
     encode_clip_prompts,
     group_ip_adapter_layers,
-    initial_latents,
     install_ip_adapter,
     random_architecture_name,
     random_ip_adapter_state,
@@ -414,17 +411,7 @@ class IPControlEditor(FaceConditionedEditor):
             control_context_uncond=neg,
             control_image=control_tensor(self._control_images(images, kps), dev, loaded.controlnet.dtype))
         scheduler = DDIMScheduler.from_config(loaded.scheduler_config)  # fresh per edit; DDIM as the FaceID card
-        generators = self.generators(n, seed)
-        w, h = size
-        vae_factor = 2 ** (len(loaded.vae.config.block_out_channels) - 1)
-        latents = initial_latents(generators, (loaded.unet.config.in_channels, h // vae_factor, w // vae_factor),
-                                  float(scheduler.init_noise_sigma), dev)
-        latents = controlnet_ip_denoise(
-            unet=loaded.unet, controlnet=loaded.controlnet, scheduler=scheduler, latents=latents, inputs=inputs,
-            steps=s["steps"], guidance_scale=s["guidance_scale"], control_scale=s["control_scale"],
-            ip_scale=s["ip_scale"], generators=generators, progress=progress)
-        out = decode_latents(loaded.vae, latents)
-        return [img.resize(work_size, PIL.Image.Resampling.LANCZOS) if img.size != work_size else img for img in out]
+        return self._sample(loaded, inputs, scheduler, seed, size, s, progress, work_size)
 
 
 def save_tiny_ipcontrol(folder: str | Path, *, embedding_dim: int = 128,

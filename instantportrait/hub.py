@@ -118,6 +118,37 @@ INSIGHTFACE_NOTE = (
 )
 
 
+def _card_head(info: dict, default_name: str, tags: list[str], toy_note: str) -> list[str]:
+    """YAML header, title and (for toy models) the toy warning: the start every model card shares."""
+    import yaml
+
+    header = {"library_name": "diffusers", "pipeline_tag": "image-to-image",
+              "license": info.get("licence", "openrail"), "tags": tags}
+    if info.get("base_model"):
+        header["base_model"] = info["base_model"]
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "", f"# {info.get('name', default_name)}",
+             ""]
+    if info.get("toy"):
+        lines += [f"> **Toy model.** {toy_note}", ""]
+    return lines
+
+
+def _card_recipe(info: dict) -> list[str]:
+    """The training config, data description and metrics sections every model card shares."""
+    import yaml
+
+    training = info.get("training")
+    lines = ["## Training recipe"]
+    lines += ["```yaml", yaml.safe_dump(training, sort_keys=True).strip(), "```"] if training else ["Not recorded."]
+    lines += ["", "## Data", info.get("data", "Not recorded."), ""]
+    metrics = info.get("metrics")
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        lines += [""]
+    return lines
+
+
 def model_card(info: dict) -> str:
     """A Hub model card (YAML header + Markdown) from a dict of facts about the checkpoint.
 
@@ -125,23 +156,12 @@ def model_card(info: dict) -> str:
     (description), ``metrics`` (a dict of name -> value), ``toy`` (bool: a demo model on synthetic data),
     ``timestep``, ``start``, ``notes``.
     """
-    import yaml
 
-    name = info.get("name", "IPNet")
-    base = info.get("base_model")
-    header = {
-        "library_name": "diffusers",
-        "pipeline_tag": "image-to-image",
-        "license": info.get("licence", "openrail"),
-        "tags": ["instantportrait", "ipnet", "instruction-based-editing", "portrait", "one-step"],
-    }
-    if base:
-        header["base_model"] = base
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "", f"# {name}", ""]
-    if info.get("toy"):
-        lines += ["> **Toy model.** Trained on a small synthetic portrait world by this project's trainers, to make "
-                  "the offline demo and tests honest. It edits the synthetic portraits it was trained on; it does "
-                  "not edit real photographs.", ""]
+    lines = _card_head(info, "IPNet", ["instantportrait", "ipnet", "instruction-based-editing", "portrait",
+                                       "one-step"],
+                       "Trained on a small synthetic portrait world by this project's trainers, to make the offline "
+                       "demo and tests honest. It edits the synthetic portraits it was trained on; it does not edit "
+                       "real photographs.")
     lines += [
         "One-step instruction-based portrait editor from the InstantPortrait project (our open implementation of "
         "*InstantPortrait: One-Step Portrait Editing via Diffusion Multi-Objective Distillation*, ICLR 2025).",
@@ -158,19 +178,8 @@ def model_card(info: dict) -> str:
         f"Fixed student timestep: {info.get('timestep', 'n/a')}; start latent: {info.get('start', 'n/a')}. "
         "`num_inference_steps=2` runs the style boost (the first output becomes the second step's source).",
         "",
-        "## Training recipe",
     ]
-    training = info.get("training")
-    if training:
-        lines += ["```yaml", yaml.safe_dump(training, sort_keys=True).strip(), "```"]
-    else:
-        lines += ["Not recorded."]
-    lines += ["", "## Data", info.get("data", "Not recorded."), ""]
-    metrics = info.get("metrics")
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-        lines += [""]
+    lines += _card_recipe(info)
     lines += [
         "## Intended use",
         "Research and demos of fast, identity-preserving portrait edits (filters, AR, video calls). Not for "
@@ -595,21 +604,10 @@ def idenet_model_card(info: dict) -> str:
     Same keys as :func:`model_card` (``name``, ``repo_id``, ``base_model``, ``licence``, ``training``, ``data``,
     ``metrics``, ``toy``, ``notes``).
     """
-    import yaml
-
-    name = info.get("name", "IDE-Net")
-    header = {
-        "library_name": "diffusers",
-        "pipeline_tag": "image-to-image",
-        "license": info.get("licence", "openrail"),
-        "tags": ["instantportrait", "idenet", "instruct-pix2pix", "instruction-based-editing", "portrait"],
-    }
-    if info.get("base_model"):
-        header["base_model"] = info["base_model"]
-    lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "", f"# {name}", ""]
-    if info.get("toy"):
-        lines += ["> **Toy model.** Trained on a small synthetic portrait world by this project's trainers; it does "
-                  "not edit real photographs.", ""]
+    lines = _card_head(info, "IDE-Net", ["instantportrait", "idenet", "instruct-pix2pix", "instruction-based-editing",
+                                         "portrait"],
+                       "Trained on a small synthetic portrait world by this project's trainers; it does not edit real "
+                       "photographs.")
     lines += [
         "IDE-Net, the identity-enhanced multi-step teacher of the InstantPortrait project (our open implementation of "
         "*InstantPortrait: One-Step Portrait Editing via Diffusion Multi-Objective Distillation*, ICLR 2025): "
@@ -625,16 +623,8 @@ def idenet_model_card(info: dict) -> str:
         "           guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]",
         "```",
         "",
-        "## Training recipe",
     ]
-    training = info.get("training")
-    lines += ["```yaml", yaml.safe_dump(training, sort_keys=True).strip(), "```"] if training else ["Not recorded."]
-    lines += ["", "## Data", info.get("data", "Not recorded."), ""]
-    metrics = info.get("metrics")
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-        lines += [""]
+    lines += _card_recipe(info)
     lines += ["## Intended use",
               "Research, and as the teacher for IPNet distillation. Not for deceptive impersonation, non-consensual "
               "edits of real people, or identity verification.", "",

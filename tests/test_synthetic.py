@@ -310,10 +310,10 @@ def test_crop_warp_matches_the_training_alignment_and_moves_pixels_where_it_says
     torch = pytest.importorskip("torch")
     from instantportrait.losses import arcface_template, similarity_transform
     from instantportrait.synthetic.render import Render
-    from instantportrait.synthetic.world import _crop, _similarity
+    from instantportrait.synthetic.world import _crop, similarity_matrix
 
     kps = np.array([[40.0, 50.0], [80.0, 48.0], [61.0, 70.0], [46.0, 92.0], [77.0, 90.0]])
-    ours = _similarity(kps, _ARCFACE_112)
+    ours = similarity_matrix(kps, _ARCFACE_112)
     theirs = similarity_transform(torch.tensor(kps)[None], arcface_template(112, dtype=torch.float64))[0]
     assert np.allclose(ours, theirs.numpy(), atol=1e-6)
     img = np.zeros((128, 128, 3), np.uint8)

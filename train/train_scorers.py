@@ -60,6 +60,7 @@ from PIL import Image
 from torch import nn
 
 from instantportrait.synthetic import Sample, World, caption, describe_edits, random_scene
+from instantportrait.synthetic.world import similarity_matrix
 
 AUX_WORLD_SEED_OFFSET = 10_000  # the auxiliary identities' world: far from any demo world seed
 FACE_PACK_DIR = "face_pack"
@@ -478,18 +479,6 @@ class IdentityNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(x).flatten(1)  # (B, w * 49)
         return self.bn(self.fc(h))  # (B, dim)
-
-
-def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity ``(2, 3)`` mapping points ``src`` ``(N, 2)`` onto ``dst`` (no reflection): the
-    transform insightface's ``face_align.estimate_norm`` fits (skimage ``SimilarityTransform``), without skimage."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, yd = src - mu_s, dst - mu_d
-    norm = (xs**2).sum()
-    a = (xs * yd).sum() / norm
-    b = (xs[:, 0] * yd[:, 1] - xs[:, 1] * yd[:, 0]).sum() / norm
-    rot = np.array([[a, -b], [b, a]])
-    return np.concatenate([rot, (mu_d - rot @ mu_s)[:, None]], axis=1)
 
 
 def arcface_crop(image: np.ndarray, kps: np.ndarray) -> np.ndarray:

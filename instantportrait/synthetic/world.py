@@ -634,8 +634,9 @@ class World:
 
 
 # ============================================================================================== helpers
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (2, 3) mapping ``src`` (N, 2) onto ``dst`` (N, 2) (Umeyama, no reflection)."""
+def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (2, 3) mapping ``src`` (N, 2) onto ``dst`` (N, 2) (Umeyama, no reflection): the
+    transform insightface's ``face_align.estimate_norm`` fits, in numpy."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
     xs, yd = src - mu_s, dst - mu_d
     norm = (xs**2).sum()
@@ -648,7 +649,7 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def _crop(out: Render, crop_size: int, align: str) -> tuple[Image.Image, tuple[tuple[float, float], ...]]:
     kps = np.asarray(out.kps, np.float64)  # (5, 2)
     if align == "arcface":
-        m = _similarity(kps, _ARCFACE_112 * (crop_size / 112.0))
+        m = similarity_matrix(kps, _ARCFACE_112 * (crop_size / 112.0))
     else:
         x1, y1, x2, y2 = out.bbox
         side = 1.3 * max(x2 - x1, y2 - y1)

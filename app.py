@@ -6,7 +6,7 @@ similarity to the input and CLIP-T to the instruction. It runs the registry's ed
 so what a visitor sees is what the benchmark measures.
 
 Which model each method uses (real weights, shipped demo models, or — only with ``--tiny`` — tiny random-weight
-stand-ins for testing the interface) is decided in :mod:`instantportrait.app.sources`; all settings are in
+stand-ins for testing the interface) is decided in :mod:`instantportrait.methods.sources`; all settings are in
 :mod:`instantportrait.app.settings` (``python app.py --help``). This file is layout only; request handling lives in
 :mod:`instantportrait.app.logic`.
 """

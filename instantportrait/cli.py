@@ -40,7 +40,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     from .errors import InvalidImageError, ModelNotAvailableError, NoFaceError
     from .imageio import load_image
-    from .methods import EditSettings, get_editor
+    from .methods import EditSettings, editor_class
+    from .methods.sources import demo_notice, open_editor
 
     if not args.instruction.strip():
         return _fail("the instruction is empty: describe the edit, e.g. 'wearing hipster glasses'", EXIT_INPUT)
@@ -75,10 +76,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
         transformers_logging.disable_progress_bar()
     dtype = getattr(torch, _DTYPES[args.dtype])
     try:
-        editor = get_editor(args.method, device=args.device, dtype=dtype, model=args.model, resolution=args.resolution)
+        editor_class(args.method)
     except KeyError as exc:
         return _fail(str(exc.args[0]), EXIT_INPUT)
     try:
+        editor, source = open_editor(args.method, model=args.model, resolution=args.resolution,
+                                     sources=("real",) if args.no_demo else ("real", "demo"),
+                                     device=args.device, dtype=dtype)
+        if source.kind == "demo":
+            print(demo_notice(source), file=sys.stderr)
         editor.check_available()
         t0 = time.perf_counter()
         editor.load()
@@ -117,7 +123,11 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-    p.add_argument("--resolution", type=int, default=512, help="long side the model works at (output keeps input size)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="long side the model works at (output keeps input size); default 512, or a demo model's own "
+                        "training size (64)")
+    p.add_argument("--no-demo", action="store_true",
+                   help="fail instead of falling back to the toy demo model when the real one is missing")
     p.add_argument("--max-side", type=int, default=4096, help="inputs larger than this are downscaled first")
     p.add_argument("--require-face", action="store_true", help="refuse images where no face is detected (exit 4)")
     p.add_argument("--face-pack", default="buffalo_l", help="insightface pack for --require-face")

@@ -84,15 +84,18 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
     from .errors import ModelNotAvailableError
-    from .methods import get_editor
+    from .methods.sources import demo_notice, open_editor
 
     if not args.instruction.strip():
         print("error: the instruction is empty", file=sys.stderr)
         return 2
     method = "ipnet" if args.steps == 1 else "ipnet-2step"
-    editor = get_editor(method, device=args.device, dtype=getattr(torch, args.dtype), model=args.model,
-                        resolution=args.resolution)
     try:
+        editor, source = open_editor(method, model=args.model, resolution=args.resolution,
+                                     sources=("real",) if args.no_demo else ("real", "demo"),
+                                     device=args.device, dtype=getattr(torch, args.dtype))
+        if source.kind == "demo":
+            print(demo_notice(source), file=sys.stderr)
         editor.check_available()
         editor.load()
     except ModelNotAvailableError as exc:
@@ -149,7 +152,8 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--resolution", type=int, default=None, help="default 512, or a demo model's own size (64)")
+    p.add_argument("--no-demo", action="store_true", help="fail instead of using the toy demo model")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of a written video")
     p.add_argument("--max-frames", type=int, default=None)
     p.set_defaults(func=cmd_stream)

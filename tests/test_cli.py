@@ -68,11 +68,30 @@ def test_bad_inputs_exit_codes(tmp_path, face512, tiny_ipnet, capsys):
     assert "no such file" in err and "instruction is empty" in err and "1 or 2" in err and "folder" in err
 
 
-def test_missing_model_offline_exit_code(face512, tmp_path, monkeypatch):
+def test_missing_model_offline_exit_code(face512, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr("instantportrait.methods.sources.DEMO_ROOT", tmp_path / "no_demo_models")
     t0 = time.perf_counter()
     assert main(["edit", str(face512), "hat", "-o", str(tmp_path / "o.png")]) == EXIT_MODEL
     assert time.perf_counter() - t0 < 10
+    assert "python -m instantportrait download ipnet" in capsys.readouterr().err  # says how to get it
+
+
+def test_missing_real_model_falls_back_to_the_demo_model_and_says_so(face512, tmp_path, monkeypatch, capsys,
+                                                                     tiny_ipnet):
+    import shutil
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    demo_root = tmp_path / "demo_models"
+    shutil.copytree(tiny_ipnet, demo_root / "ipnet")
+    (demo_root / "ipnet" / "train_config.yaml").write_text("trainer: ipnet\nresolution: 64\n")
+    monkeypatch.setattr("instantportrait.methods.sources.DEMO_ROOT", demo_root)
+    out = tmp_path / "o.png"
+    assert main(["edit", str(face512), "add a hat", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "TOY demo model" in err and str(demo_root / "ipnet") in err and "64 px" in err
+    assert PIL.Image.open(out).size == (512, 512)  # edited at 64 px, returned at the input's size
+    assert main(["edit", str(face512), "add a hat", "-o", str(out), "--no-demo"]) == EXIT_MODEL
 
 
 def test_require_face(tmp_path, tiny_ipnet, tiny_face_pack, astronaut_image):

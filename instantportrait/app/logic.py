@@ -34,10 +34,10 @@ import PIL.Image
 from ..errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError
 from ..imageio import LoadedImage, load_image, prepare_image
 from ..methods import EditSettings, get_editor, list_methods
+from ..methods.sources import TINY_LABEL, ModelSource, TinyModels, estimate_bytes, method_overrides, resolve_sources
 from .manager import ModelManager
 from .scoring import Scorers, SourceFaces
 from .settings import AppSettings
-from .sources import TINY_LABEL, ModelSource, TinyModels, estimate_bytes, method_overrides, resolve_sources
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +307,8 @@ class EditService:
         for name, source in sources.items():
             if source.available:
                 editor = get_editor(name, device=settings.torch_device, dtype=settings.torch_dtype,
-                                    model=source.location, resolution=settings.resolution)
+                                    model=source.location,
+                                    resolution=source.resolution or settings.resolution)
                 manager.add(name, editor, estimate_bytes(source))
         scorers = Scorers(settings.face_pack, settings.clip, device=settings.torch_device,
                           tiny_root=work_dir / "tiny" if settings.allows_tiny else None)

@@ -13,12 +13,10 @@ from typing import Any
 
 import PIL.Image
 
-from ..config import DEMO_CLIP, DEMO_FACE_PACK
+from ..demo_scorers import DEFAULT_FACE_PACK, demo_clip_for, demo_face_pack_for
 from ..errors import InstantPortraitError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_FACE_PACK = "buffalo_l"
 
 
 @dataclass
@@ -68,9 +66,10 @@ class Scorers:
             return
         except (ModelNotAvailableError, ValueError) as exc:
             error = str(exc)
-        if str(pack) == DEFAULT_FACE_PACK and (DEMO_FACE_PACK / "README.md").is_file():
+        demo = demo_face_pack_for(pack)
+        if demo is not None:
             # The default pack is missing (offline, non-commercial weights not installed): the shipped demo pack.
-            self._face = FaceEncoder(DEMO_FACE_PACK, device=self.device)
+            self._face = FaceEncoder(demo, device=self.device)
             self.face_label = f"face model: demo pack (toy, synthetic portraits only; {DEFAULT_FACE_PACK} missing)"
             return
         if tiny_root is not None:
@@ -92,9 +91,10 @@ class Scorers:
             scorer, error = None, str(exc)
         else:
             error = None
-            if clip is None and not scorer.expected_path.is_file() and DEMO_CLIP.is_file():
+            demo = demo_clip_for(None) if clip is None else None
+            if demo is not None:
                 # The default CLIP is not on disk: the shipped demo CLIP rather than a download attempt.
-                self._clip = ClipScorer(weights=DEMO_CLIP, device=self.device)
+                self._clip = ClipScorer(weights=demo, device=self.device)
                 self.clip_label = f"CLIP: demo model (toy, synthetic portraits only; {scorer.variant} missing)"
                 return
             if scorer.expected_path.is_file() or tiny_root is None:

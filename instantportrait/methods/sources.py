@@ -1,4 +1,5 @@
-"""Where each method's model comes from in the app: real weights, the shipped demo models, or tiny random weights.
+"""Where each method's model comes from (app, CLI, benchmark): real weights, the shipped demo models, or tiny random
+weights.
 
 For every registered method, in the order of ``AppSettings.sources`` (default ``real, demo``; ``--tiny`` appends
 ``tiny``):
@@ -8,7 +9,9 @@ For every registered method, in the order of ``AppSettings.sources`` (default ``
    cache, or downloadable right now). An explicit location (``--model`` or ``INSTANTPORTRAIT_<KEY>``) is final: if
    it cannot load, the method shows why instead of silently falling back to something else.
 2. **demo**: ``instantportrait/demo_models/<model key>/`` (or ``.../<method>/``) when that folder exists — the small
-   models trained offline for this demo (see :func:`demo_model_dir`, which the registry can absorb later).
+   toy models trained offline by ``python -m train.demo`` on the synthetic world (see :func:`demo_model_dir`); they
+   work at their training resolution (:func:`native_resolution`, 64 px), which the editor gets unless the caller
+   gives one explicitly.
 3. **tiny**: only with ``--tiny`` / ``INSTANTPORTRAIT_TINY=1``: tiny random-weight stand-ins built on the fly by
    :mod:`instantportrait.testing` (milliseconds on a CPU). They exist to exercise the UI; every tile that shows one
    says so (:data:`TINY_LABEL`).
@@ -26,7 +29,8 @@ from pathlib import Path
 
 from ..config import DEMO_ROOT, env_override
 from ..errors import ModelNotAvailableError
-from ..methods import editor_class, get_editor
+from .base import Editor
+from .registry import editor_class, get_editor
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ class ModelSource:
     location: str | None = None
     description: str = ""
     reason: str | None = None
+    resolution: int | None = None  # the model's native working size (demo models), None: the caller's choice
 
     @property
     def available(self) -> bool:
@@ -77,6 +82,24 @@ def demo_model_dir(method: str, root: str | Path | None = None) -> Path | None:
         if folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
             return folder
     return None
+
+
+def native_resolution(folder: str | Path) -> int | None:
+    """The resolution a trained model folder was trained at (``resolution`` in its ``train_config.yaml``), or None."""
+    import yaml
+
+    path = Path(folder) / "train_config.yaml"
+    if not path.is_file():
+        return None
+    value = (yaml.safe_load(path.read_text()) or {}).get("resolution")
+    return int(value) if value else None
+
+
+def demo_notice(source: ModelSource) -> str:
+    """One line for CLI/benchmark output when a method runs on its toy demo model."""
+    res = f", {source.resolution} px" if source.resolution else ""
+    return (f"{source.method}: the real model is not available here, so this runs the TOY demo model "
+            f"{source.location} (trained on the synthetic portrait world{res}; it cannot edit real photos well)")
 
 
 class TinyModels:
@@ -162,7 +185,8 @@ def resolve_source(method: str, *, sources: tuple[str, ...] = ("real", "demo"), 
         if kind == "demo":
             folder = demo_model_dir(method, demo_root)
             if folder is not None:
-                return ModelSource(method, "demo", str(folder), description=f"demo model ({folder.name})")
+                return ModelSource(method, "demo", str(folder), description=f"demo model ({folder.name})",
+                                   resolution=native_resolution(folder))
         if kind == "tiny":
             if tiny is None:
                 continue
@@ -177,6 +201,22 @@ def resolve_source(method: str, *, sources: tuple[str, ...] = ("real", "demo"), 
     if "tiny" not in sources:
         reason += " (To try the interface without weights, start the app with --tiny: tiny random weights.)"
     return ModelSource(method, "missing", None, reason=reason)
+
+
+def open_editor(method: str, *, model: str | None = None, sources: tuple[str, ...] = ("real", "demo"),
+                demo_root: str | Path | None = None, resolution: int | None = None,
+                **kwargs: object) -> tuple[Editor, ModelSource]:
+    """The editor for ``method`` from the first source that can load (see the module docstring), not loaded yet.
+
+    ``model`` is an explicit location (final: no fallback). A demo model gets its native resolution unless
+    ``resolution`` is given. Raises ``ModelNotAvailableError`` with the reason when no source applies.
+    """
+    source = resolve_source(method, sources=sources, override=model, demo_root=demo_root)
+    if not source.available:
+        raise ModelNotAvailableError(source.reason or f"{method}: no model available")
+    res = resolution or (source.resolution if source.kind == "demo" else None)
+    editor = get_editor(method, model=source.location, **({"resolution": res} if res else {}), **kwargs)
+    return editor, source
 
 
 def resolve_sources(methods: list[str], *, sources: tuple[str, ...] = ("real", "demo"),

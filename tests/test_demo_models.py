@@ -8,6 +8,7 @@ targets on test identities.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,11 @@ def test_quick_run_end_to_end_writes_loadable_fp16_folders(tmp_path):
     out = tmp_path / "demo_models"
     res = demo.main(["--out", str(out), "--quick", "--force-ship", "--work", str(tmp_path / "work"),
                      "--eval-pairs", "4"])
-    assert res["shipped"] and set(res["methods"]) == {"ipnet", "ipnet-2step"}
+    assert res["shipped"]
+    assert set(res["rows"]) == {"source (no edit)", "rendered target", "ipnet", "ipnet-2step"}
+    assert res["rows"]["rendered target"]["l1_to_target"]["all"] == 0.0  # the reference row is exact
+    assert res["rows"]["source (no edit)"]["l1_to_target"]["all"] > 0.0
+    assert all(0.0 <= r["l1_to_target"]["all"] <= 1.0 for r in res["rows"].values())
     for name in ("ipnet", "idenet"):
         folder = out / name
         assert "TOY demo model" in (folder / "README.md").read_text()
@@ -66,3 +71,41 @@ def test_quick_run_end_to_end_writes_loadable_fp16_folders(tmp_path):
     from instantportrait.methods.base import EditSettings
     assert ide.edit([sample.source], [sample.instruction], seed=0,
                     settings=EditSettings(num_inference_steps=2))[0].size == sample.source.size
+
+
+def test_interrupted_run_reuses_finished_stages_and_ablations_start_from_them(tmp_path, capsys):
+    """A second run with the same settings reuses every finished stage (nothing retrained); the ablation command
+    trains its variants from the run's own base / IDE-Net and writes its tables."""
+    from train import demo_ablations
+
+    work = tmp_path / "work"
+    args = ["--out", str(tmp_path / "out"), "--quick", "--work", str(work), "--eval-pairs", "3", "--ship-bar", "9"]
+    first = demo.main(args)
+    assert not first["shipped"]  # a 900 % improvement bar cannot be met: nothing written to --out
+    assert not (tmp_path / "out" / "ipnet").exists()
+    stamp = {p.name: p.stat().st_mtime_ns for p in (work / "ipnet" / "unet").iterdir()}
+    capsys.readouterr()
+    second = demo.main(args)
+    log = capsys.readouterr().out
+    for stage in ("data", "base", "idenet", "ipnet"):
+        assert f"[{stage}] reusing" in log
+    assert {p.name: p.stat().st_mtime_ns for p in (work / "ipnet" / "unet").iterdir()} == stamp
+    assert second["rows"]["ipnet"]["l1_to_target"] == first["rows"]["ipnet"]["l1_to_target"]  # same model, same output
+
+    out = tmp_path / "ablations"
+    rows = demo_ablations.main(["--work", str(work), "--out", str(out), "--ipnet-steps", "1", "--eval-pairs", "3",
+                                "--only", "ipnet"])
+    names = [r["variant"] for r in rows]
+    assert len(names) == 2 + 3 + len(demo_ablations.IPNET_VARIANTS)  # references, demo-run rows, variants
+    assert all(f"IPNet 1-step, {v}" in names for v in demo_ablations.IPNET_VARIANTS)
+    csv_rows = (out / "ablations.csv").read_text().splitlines()
+    assert csv_rows[0].split(",")[:2] == ["group", "variant"] and len(csv_rows) == 1 + len(rows)
+    assert "IPNet 1-step, L_adv" in (out / "ablations.md").read_text()
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["source (no edit)"]["identity"] == pytest.approx(1.0, abs=1e-4)  # the source against itself
+    assert by_name["source (no edit)"]["face_missing"] == 0.0  # the demo face pack finds every test face
+    for r in rows:
+        assert 0.0 <= r["edit_present"] <= 1.0 and 0.0 <= r["face_missing"] <= 1.0
+        assert math.isnan(r["identity"]) or -1.0 <= r["identity"] <= 1.0
+    with pytest.raises(FileNotFoundError, match="run `python -m train.demo"):
+        demo_ablations.main(["--work", str(tmp_path / "nothing"), "--out", str(out)])

@@ -27,7 +27,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.config import IDENetConfig, IPNetConfig, load_config
+from train.config import IDENetConfig, IPNetConfig, config_to_dict, load_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 IMAGE_SIZE = 64
@@ -48,14 +48,14 @@ class DemoConfig:
 
     seed: int = 0
     num_identities: int = 120
-    train_pairs: int = 800
+    train_pairs: int = 4000
     image_size: int = IMAGE_SIZE
-    vae_steps: int = 300
+    vae_steps: int = 2000
     vae_batch: int = 8
-    vae_lr: float = 3e-3
+    vae_lr: float = 2e-3
     idenet_steps: int | None = None  # None: the YAML's max_train_steps
     ipnet_steps: int | None = None
-    eval_pairs: int = 100
+    eval_pairs: int = 200
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoConfig:
@@ -94,6 +94,8 @@ def train_vae(pixels: torch.Tensor, cfg: DemoConfig) -> Any:
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32),
                         layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=cfg.image_size)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.vae_lr, total_steps=max(cfg.vae_steps, 1),
+                                                pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
     vae.train()
     for step in range(cfg.vae_steps):
@@ -106,6 +108,7 @@ def train_vae(pixels: torch.Tensor, cfg: DemoConfig) -> Any:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             print(f"[vae] step {step} loss {loss.item():.4f}", flush=True)
     vae.eval()
@@ -202,67 +205,177 @@ def write_card(folder: Path, title: str, trainer: str, cfg: DemoConfig, identity
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def evaluate(folder: Path, *, seed: int = 0, num_identities: int = 120, n: int = 100, size: int = IMAGE_SIZE,
-             methods: Sequence[str] = ("ipnet", "ipnet-2step"), idenet_steps: int = 20) -> dict[str, Any]:
-    """L1 (pixels in [0, 1]) to the rendered target on ``n`` test-split pairs for the shipped editors vs the
-    unchanged source, per category, plus face-region L1 to the source and one-edit CPU latency."""
+ACCEPT = {"edit_present": 0.80, "identity": 0.70}  # issue #4's bars for IPNet 1-step (and L1 below the source's)
+
+
+@dataclass
+class DemoScorers:
+    """The shipped toy scorers: the demo face pack (identity cosine) and the demo CLIP (is the edit present?).
+
+    Images are resized to ``score_size`` (the scorers were trained on 128-px renders) before scoring.
+    """
+
+    face: Any
+    clip: Any
+    score_size: int = 128
+
+    @classmethod
+    def load(cls, face_pack: str | Path | None = None, clip: str | Path | None = None) -> DemoScorers:
+        from instantportrait.clip_score import ClipScorer
+        from instantportrait.config import DEMO_CLIP, DEMO_FACE_PACK
+        from instantportrait.face import FaceEncoder
+
+        return cls(FaceEncoder(face_pack or DEMO_FACE_PACK).load(), ClipScorer(weights=clip or DEMO_CLIP).load())
+
+    def _up(self, images: Sequence[Any]) -> list[Any]:
+        from PIL import Image
+
+        return [im.convert("RGB").resize((self.score_size, self.score_size), Image.BICUBIC) for im in images]
+
+    def score(self, images: Sequence[Any], samples: Sequence[Any]) -> dict[str, list[float | None]]:
+        """Per image: identity cosine to its sample's source (None: no face found in the image), whether the
+        demo CLIP finds the edit present (CLIP-T with the target's caption above CLIP-T with the source's
+        caption), and CLIP-T with the target caption."""
+        ups, srcs = self._up(images), self._up([s.source for s in samples])
+        ref = self.face.encode_batch(srcs)
+        got = self.face.encode_batch(ups)
+        ident = [None if r is None or g is None else self.face.cosine(r, g) for r, g in zip(ref, got)]
+        t_tgt = self.clip.clip_t(ups, [s.target_caption for s in samples])  # (n,)
+        t_src = self.clip.clip_t(ups, [s.source_caption for s in samples])  # (n,)
+        return {"identity": ident, "edit_present": [float(a > b) for a, b in zip(t_tgt, t_src)],
+                "clip_t": [float(v) for v in t_tgt]}
+
+    def different_identity(self, samples: Sequence[Any]) -> float:
+        """Mean identity cosine between sources of *different* people (the scale's lower reference)."""
+        embs = self.face.encode_batch(self._up([s.source for s in samples]))
+        found = [(s.identity_id, e) for s, e in zip(samples, embs) if e is not None]
+        vals = [self.face.cosine(a, b) for i, (ia, a) in enumerate(found) for ib, b in found[i + 1:] if ia != ib]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+def _summarise(images: Sequence[Any], samples: Sequence[Any], scorers: DemoScorers | None) -> dict[str, Any]:
+    """L1 to the rendered target (pixels in [0, 1], overall and per category) plus the scorers' numbers."""
+    def arr(img: Any) -> np.ndarray:
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+    l1 = [float(np.abs(arr(o) - arr(s.target)).mean()) for o, s in zip(images, samples)]
+    cats = sorted({s.category for s in samples})
+    out: dict[str, Any] = {"l1_to_target": {**{c: float(np.mean([v for v, s in zip(l1, samples) if s.category == c]))
+                                                for c in cats}, "all": float(np.mean(l1))}}
+    if scorers is not None:
+        sc = scorers.score(images, samples)
+        found = [v for v in sc["identity"] if v is not None]
+        out.update(identity=float(np.mean(found)) if found else float("nan"),
+                   face_missing=1.0 - len(found) / len(images), edit_present=float(np.mean(sc["edit_present"])),
+                   clip_t=float(np.mean(sc["clip_t"])))
+    return out
+
+
+def evaluate(folder: Path, *, seed: int = 0, num_identities: int = 120, n: int = 200, size: int = IMAGE_SIZE,
+             methods: Sequence[str] = ("ipnet", "ipnet-2step"), idenet_steps: int = 20,
+             scorers: DemoScorers | None = None, editors: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Score the demo editors in ``folder`` (``ipnet/``, ``idenet/``; or ``editors``: row name -> (method, folder))
+    on ``n`` pairs of the held-out *test* identities, next to the unchanged source and the rendered ground truth.
+
+    Per row: L1 to the target (overall, per category), identity cosine to the source and the rate of outputs where no
+    face is found (demo face pack), the share of edits the demo CLIP judges present, CLIP-T; per editor also the CPU
+    latency of one edit of a 64-px and of a 128-px portrait (batch 1, warm, median of 5).
+    """
+    from PIL import Image
+
     from instantportrait.methods import get_editor
     from instantportrait.methods.base import EditSettings
     from instantportrait.synthetic import World
 
     world = World(seed, num_identities, size=size)
     samples = list(world.samples("test", n))
-
-    def arr(img: Any) -> np.ndarray:
-        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-
-    def face_l1(a: np.ndarray, b: np.ndarray, bbox: Sequence[float]) -> float:
-        x0, y0, x1, y1 = (int(round(v)) for v in bbox)
-        x0, y0 = max(x0, 0), max(y0, 0)
-        return float(np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]).mean())
-
-    result: dict[str, Any] = {"n": n, "size": size, "methods": {}}
-    rows_src = [float(np.abs(arr(s.source) - arr(s.target)).mean()) for s in samples]
-    cats = sorted({s.category for s in samples})
-
-    def per_cat(vals: list[float]) -> dict[str, float]:
-        out = {c: float(np.mean([v for v, s in zip(vals, samples) if s.category == c])) for c in cats}
-        out["all"] = float(np.mean(vals))
-        return out
-
-    result["source"] = per_cat(rows_src)
-    for name in methods:
-        model = folder / ("idenet" if name == "idenet" else "ipnet")
-        editor = get_editor(name, model=str(model), resolution=size, dtype=torch.float32)
-        settings = EditSettings(num_inference_steps=idenet_steps) if name == "idenet" else None
-        outs = []
-        for i in range(0, n, 16):
-            chunk = samples[i:i + 16]
+    result: dict[str, Any] = {"n": n, "size": size, "rows": {}}
+    result["rows"]["source (no edit)"] = _summarise([s.source for s in samples], samples, scorers)
+    result["rows"]["rendered target"] = _summarise([s.target for s in samples], samples, scorers)
+    if scorers is not None:
+        result["different_identity"] = scorers.different_identity(samples[:60])
+    runs = editors or {m: (m, folder / ("idenet" if m == "idenet" else "ipnet")) for m in methods}
+    for row, (method, model) in runs.items():
+        editor = get_editor(method, model=str(model), resolution=size, dtype=torch.float32)
+        settings = EditSettings(num_inference_steps=idenet_steps) if method == "idenet" else None
+        outs: list[Any] = []
+        for i in range(0, n, 25):
+            chunk = samples[i:i + 25]
             outs += editor.edit([s.source for s in chunk], [s.instruction for s in chunk], seed=0, settings=settings)
-        l1 = [float(np.abs(arr(o) - arr(s.target)).mean()) for o, s in zip(outs, samples)]
-        face = [face_l1(arr(o), arr(s.source), s.bbox) for o, s in zip(outs, samples)]
-        t0 = time.perf_counter()
-        for _ in range(3):
-            editor.edit([samples[0].source], [samples[0].instruction], seed=0, settings=settings)
-        latency = (time.perf_counter() - t0) / 3
-        result["methods"][name] = {"l1_to_target": per_cat(l1), "face_l1_to_source": float(np.mean(face)),
-                                   "latency_s_64px": latency}
+        rec = _summarise(outs, samples, scorers)
+        rec["nfe"] = editor.nfe(settings)
+        for px in (size, 128):
+            img = samples[0].source.resize((px, px), Image.BICUBIC)
+            times = []
+            for _ in range(6):
+                t0 = time.perf_counter()
+                editor.edit([img], [samples[0].instruction], seed=0, settings=settings)
+                times.append(time.perf_counter() - t0)
+            rec[f"latency_s_{px}px"] = float(np.median(times[1:]))
+        result["rows"][row] = rec
         editor.unload()
     return result
 
 
+def acceptance(res: dict[str, Any], row: str = "ipnet") -> dict[str, Any]:
+    """Issue #4's acceptance for ``row`` (IPNet 1-step): edits judged present >= 80 %, identity cosine >= 0.7
+    (unchanged source: 1.0), L1 to the target below the unchanged source's, 128-px CPU edit < 0.5 s."""
+    m, src = res["rows"][row], res["rows"]["source (no edit)"]
+    checks = {"edit_present >= 0.80": m.get("edit_present", 0.0) >= ACCEPT["edit_present"],
+              "identity >= 0.70": m.get("identity", 0.0) >= ACCEPT["identity"],
+              "L1 below the source's": m["l1_to_target"]["all"] < src["l1_to_target"]["all"],
+              "128-px CPU edit < 0.5 s": m.get("latency_s_128px", 1e9) < 0.5}
+    return {"checks": checks, "passed": all(checks.values())}
+
+
 def format_eval(res: dict[str, Any]) -> str:
-    cats = list(res["source"])
-    lines = ["| method | " + " | ".join(f"L1→target {c}" for c in cats) + " | face L1→source | CPU s/edit |",
-             "|---" * (len(cats) + 3) + "|",
-             "| source (no edit) | " + " | ".join(f"{res['source'][c]:.4f}" for c in cats) + " | 0 | – |"]
-    for name, m in res["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m['l1_to_target'][c]:.4f}" for c in cats)
-                     + f" | {m['face_l1_to_source']:.4f} | {m['latency_s_64px']:.3f} |")
-    return "\n".join(lines)
+    """A Markdown table of :func:`evaluate`'s result (one row per editor and reference)."""
+    first = next(iter(res["rows"].values()))
+    cats = [c for c in first["l1_to_target"] if c != "all"]
+    scored = "identity" in first
+    head = ["row", "L1→target"] + (["identity cos", "no face", "edit present", "CLIP-T"] if scored else []) + \
+        [f"L1 {c}" for c in cats] + ["NFE", "CPU s/edit 64 px", "CPU s/edit 128 px"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for name, m in res["rows"].items():
+        cells = [name, f"{m['l1_to_target']['all']:.4f}"]
+        if scored:
+            cells += [f"{m['identity']:.3f}", f"{m['face_missing']:.1%}", f"{m['edit_present']:.1%}",
+                      f"{m['clip_t']:.3f}"]
+        cells += [f"{m['l1_to_target'][c]:.4f}" for c in cats]
+        cells += [str(m.get("nfe", "–"))] + [f"{m[k]:.3f}" if k in m else "–"
+                                             for k in ("latency_s_64px", "latency_s_128px")]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"{res['n']} pairs of held-out test identities, {res['size']} px; L1 on pixels in [0, 1]."]
+    if scored:
+        notes.append(f"Identity: demo face pack cosine to the source (the source itself: 1.0; different people: "
+                     f"{res['different_identity']:.3f} on average). Edit present: the demo CLIP scores the output "
+                     "closer to the target's caption than to the source's.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
+def _stage(work: Path, name: str, key: dict[str, Any], fn: Callable[[], Path], times: dict[str, float]) -> Path:
+    """Run one stage of the demo pipeline, or reuse its output from an earlier run with the same settings.
+
+    A stage records ``<work>/<name>.done.json`` (its settings and output path) only after it finished, so a run
+    that crashed or was killed restarts at the first unfinished stage and loses nothing before it.
+    """
+    marker = work / f"{name}.done.json"
+    key = json.loads(json.dumps(key, default=str))
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("key") == key and Path(done["path"]).exists():
+            print(f"[{name}] reusing {done['path']} (finished earlier with the same settings)", flush=True)
+            times[name] = 0.0
+            return Path(done["path"])
+    t0 = time.perf_counter()
+    path = Path(fn())
+    times[name] = time.perf_counter() - t0
+    print(f"[{name}] done in {times[name]:.1f} s", flush=True)
+    marker.write_text(json.dumps({"key": key, "path": str(path), "seconds": times[name]}, indent=1) + "\n")
+    return path
+
+
 def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float = SHIP_BAR,
         force_ship: bool = False) -> dict[str, Any]:
     """The whole demo run; returns the evaluation and whether the models were shipped into ``out``."""
@@ -272,15 +385,18 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     work = Path(work) if work else out / ".demo_work"
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    world = World(cfg.seed, cfg.num_identities, size=cfg.image_size)
+    world_key = {"seed": cfg.seed, "num_identities": cfg.num_identities, "train_pairs": cfg.train_pairs,
+                 "image_size": cfg.image_size}
     data = work / "pairs"
-    world.export_pairs(data, "train", cfg.train_pairs, overwrite=True)
-    times["data"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    base = build_base(work / "base", data, cfg)
-    times["base"] = time.perf_counter() - t0
+    def export() -> Path:
+        World(cfg.seed, cfg.num_identities, size=cfg.image_size).export_pairs(data, "train", cfg.train_pairs,
+                                                                              overwrite=True)
+        return data
+
+    _stage(work, "data", world_key, export, times)
+    base_key = {**world_key, "vae": [cfg.vae_steps, cfg.vae_batch, cfg.vae_lr]}
+    base = _stage(work, "base", base_key, lambda: build_base(work / "base", data, cfg), times)
 
     rec = find_recognition_onnx(out / "face_pack")
     ide_over: dict[str, Any] = {"model": str(base), "dataset": str(data), "output_dir": str(work / "idenet"),
@@ -294,10 +410,8 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     if cfg.idenet_steps:
         ide_over.update(max_train_steps=cfg.idenet_steps)
     icfg = load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", ide_over)
-    t0 = time.perf_counter()
-    idenet = train_idenet.train(icfg)
-    times["idenet"] = time.perf_counter() - t0
-    print(f"[idenet] {icfg.max_train_steps} steps in {times['idenet']:.1f} s", flush=True)
+    ide_key = {**base_key, "idenet": config_to_dict(icfg)}
+    idenet = _stage(work, "idenet", ide_key, lambda: train_idenet.train(icfg), times)
 
     ip_over: dict[str, Any] = {"model": str(idenet), "dataset": str(data), "output_dir": str(work / "ipnet"),
                                "seed": cfg.seed, "resolution": cfg.image_size}
@@ -307,24 +421,25 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     pcfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet.yaml", ip_over)
     if cfg.ipnet_steps:
         pcfg = replace(pcfg, max_train_steps=cfg.ipnet_steps)
-    t0 = time.perf_counter()
-    ipnet = train_ipnet.train(pcfg)
-    times["ipnet"] = time.perf_counter() - t0
-    print(f"[ipnet] {pcfg.max_train_steps} steps in {times['ipnet']:.1f} s", flush=True)
+    ipnet = _stage(work, "ipnet", {**ide_key, "ipnet": config_to_dict(pcfg)}, lambda: train_ipnet.train(pcfg), times)
 
     staged = work / "staged"
     to_fp16_folder(idenet, staged / "idenet")
     to_fp16_folder(ipnet, staged / "ipnet")
     t0 = time.perf_counter()
-    res = evaluate(staged, seed=cfg.seed, num_identities=cfg.num_identities, n=cfg.eval_pairs, size=cfg.image_size)
+    scorers = DemoScorers.load(out / "face_pack", out / "clip" / "demo_clip.safetensors") if rec is not None else None
+    res = evaluate(staged, seed=cfg.seed, num_identities=cfg.num_identities, n=cfg.eval_pairs, size=cfg.image_size,
+                   scorers=scorers)
     times["evaluate"] = time.perf_counter() - t0
     res["times_s"] = times
-    src, one = res["source"]["all"], res["methods"]["ipnet"]["l1_to_target"]["all"]
+    src, one = res["rows"]["source (no edit)"]["l1_to_target"]["all"], res["rows"]["ipnet"]["l1_to_target"]["all"]
     res["improvement"] = 1.0 - one / src
+    res["acceptance"] = acceptance(res) if scorers is not None else None
     res["shipped"] = bool(force_ship or res["improvement"] >= ship_bar)
     numbers = format_eval(res)
     print(numbers, flush=True)
-    print(json.dumps({"times_s": times, "improvement": res["improvement"]}), flush=True)
+    print(json.dumps({"times_s": times, "improvement": res["improvement"], "acceptance": res["acceptance"]}),
+          flush=True)
     if res["shipped"]:
         for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
                               ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet.yaml")):
@@ -349,7 +464,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--ship-bar", type=float, default=SHIP_BAR)
     p.add_argument("--force-ship", action="store_true", help="write the models even below the bar (tests)")
     p.add_argument("--evaluate", type=Path, default=None, metavar="FOLDER",
-                   help="only evaluate the shipped models in FOLDER (ipnet/, idenet/) on test identities")
+                   help="only evaluate the models in FOLDER (ipnet/, idenet/) on test identities with the demo\n"
+                        "scorers and print issue #4's acceptance checks")
     p.add_argument("--eval-pairs", type=int, default=None)
     p.add_argument("--with-idenet", action="store_true", help="--evaluate: also IDE-Net (20 steps, slow)")
     args = p.parse_args(argv)
@@ -358,8 +474,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = DemoConfig(seed=args.seed)
         methods = ("ipnet", "ipnet-2step") + (("idenet",) if args.with_idenet else ())
         res = evaluate(args.evaluate, seed=cfg.seed, num_identities=cfg.num_identities,
-                       n=args.eval_pairs or cfg.eval_pairs, methods=methods)
+                       n=args.eval_pairs or cfg.eval_pairs, methods=methods, scorers=DemoScorers.load())
+        res["acceptance"] = acceptance(res)
         print(format_eval(res))
+        print("Acceptance (IPNet 1-step): " + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}"
+                                                       for k, v in res["acceptance"]["checks"].items()))
         return res
     cfg = DemoConfig.quick(args.seed) if args.quick else DemoConfig(seed=args.seed)
     if args.eval_pairs:

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
@@ -27,6 +27,9 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
+
+if TYPE_CHECKING:
+    from .tiny_decoder import TinyDecoder
 
 START_MODES = ("noise", "source")
 SUPPORTED_STEPS = (1, 2)
@@ -99,6 +102,7 @@ class InstantPortraitPipeline(DiffusionPipeline):
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.prompt_cache_size = 64
         self._prompt_cache_lock = threading.Lock()
+        self._tiny_decoder: TinyDecoder | None = None  # `use_tiny_decoder`; None: the full VAE decoder
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, image: Any, prompt: Any, num_inference_steps: int, prompt_embeds: torch.Tensor | None,
@@ -179,6 +183,7 @@ class InstantPortraitPipeline(DiffusionPipeline):
           which need static shapes: keep resolution and batch size fixed per compiled pipeline.
         - ``upcast_vae``: run the VAE in float32 when the rest is half precision (SD1.5's VAE is usually safe in
           fp16; use this if decoded images show NaNs/black).
+        A tiny decoder set by ``use_tiny_decoder`` before this call gets ``channels_last`` and ``compile`` too.
         Attention uses PyTorch SDPA (flash / memory-efficient kernels) by default in diffusers; nothing to switch.
         Half precision is chosen at load time: ``from_pretrained(..., dtype=torch.float16)``.
         """
@@ -186,6 +191,8 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
+            if self._tiny_decoder is not None:
+                self._tiny_decoder.to(memory_format=torch.channels_last)
         if fuse_qkv:
             self.unet.fuse_qkv_projections()
             self.vae.fuse_qkv_projections()
@@ -194,6 +201,43 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if compile:
             self.unet = torch.compile(self.unet, mode=compile_mode, fullgraph=True)
             self.vae.decoder = torch.compile(self.vae.decoder, mode=compile_mode, fullgraph=True)
+            if self._tiny_decoder is not None:
+                self._tiny_decoder.compile(mode=compile_mode, fullgraph=True)  # in place: weight names unchanged
+        return self
+
+    # ------------------------------------------------------------------ decoder choice
+    @property
+    def tiny_decoder(self) -> TinyDecoder | None:
+        """The decoder ``decode_latents`` uses instead of the VAE's, or ``None`` (the default: the full VAE)."""
+        return self._tiny_decoder
+
+    def use_tiny_decoder(self, decoder: TinyDecoder | str | Path) -> InstantPortraitPipeline:
+        """Decode with a tiny decoder (a ``TinyDecoder`` or a folder saved by ``save_tiny_decoder``) from now on.
+
+        Only ``decode_latents`` changes (text, VAE encode and UNet are untouched). The decoder must fit this VAE
+        (latent channels, upsampling factor; ``ValueError`` otherwise); it moves to the VAE's device and dtype here
+        and follows the pipeline in ``to()``. Not part of ``save_pretrained``: it is a separate artefact.
+        """
+        from .tiny_decoder import TinyDecoder, check_compatible, load_tiny_decoder
+
+        if isinstance(decoder, (str, Path)):
+            decoder = load_tiny_decoder(decoder)
+        if not isinstance(decoder, TinyDecoder):
+            raise ValueError(f"use_tiny_decoder takes a TinyDecoder or a folder path, got {type(decoder).__name__}")
+        check_compatible(decoder, self.vae.config)
+        self._tiny_decoder = decoder.to(device=self.vae.device, dtype=self.vae.dtype).eval()
+        return self
+
+    def use_full_decoder(self) -> InstantPortraitPipeline:
+        """Decode with the pipeline's full VAE decoder again (the default)."""
+        self._tiny_decoder = None
+        return self
+
+    def to(self, *args, **kwargs) -> InstantPortraitPipeline:
+        """``DiffusionPipeline.to``; a tiny decoder follows the VAE's device and dtype."""
+        super().to(*args, **kwargs)
+        if self._tiny_decoder is not None:
+            self._tiny_decoder.to(device=self.vae.device, dtype=self.vae.dtype)
         return self
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -201,7 +245,13 @@ class InstantPortraitPipeline(DiffusionPipeline):
         return self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled clean latents -> pixels in [-1, 1]."""
+        """Scaled clean latents (B, 4, h, w) -> pixels (B, 3, H, W) in [-1, 1], with the full VAE decoder or, after
+        ``use_tiny_decoder``, the tiny one (on the latents' device: CPU offload moves only the VAE)."""
+        tiny = self._tiny_decoder
+        if tiny is not None:
+            if tiny.device != latents.device or tiny.dtype != self.vae.dtype:
+                tiny.to(device=latents.device, dtype=self.vae.dtype)
+            return tiny.decode(latents)
         return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     def alpha_bar(self, timestep: int, device: torch.device) -> torch.Tensor:

@@ -88,15 +88,18 @@ def _none_or(value: str | None) -> str | None:
 
 def add_scoring_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: None)
-    p.add_argument("--face-pack", default=d("buffalo_l"),
-                   help="insightface pack for identity similarity: buffalo_l (default), antelopev2, a folder, or none")
+    p.add_argument("--face-pack", default=None,
+                   help="insightface pack for identity similarity: buffalo_l (default; when it is not installed, "
+                        "the toy demo pack, labelled as such), antelopev2, a folder, or none. A named pack is final")
     p.add_argument("--second-face-pack", default=None,
                    help="an independent second face model (e.g. antelopev2) for a second identity column")
     p.add_argument("--face-root", default=None, help="insightface root (packs in <root>/models/<pack>/)")
     p.add_argument("--det-size", type=int, default=d(640), help="face detector input size (multiple of 32)")
     p.add_argument("--det-thresh", type=float, default=d(0.5), help="face detection threshold")
-    p.add_argument("--clip", default=d("ViT-L/14"),
-                   help="CLIP for CLIP-T/-I/-dir: a clip-anytorch variant (ViT-L/14), a weights file, or none")
+    p.add_argument("--clip", default=None,
+                   help="CLIP for CLIP-T/-I/-dir: a clip-anytorch variant (default ViT-L/14; when it is neither on "
+                        "disk nor downloadable, the toy demo CLIP, labelled as such), a weights file, or none. A "
+                        "named CLIP is final")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a benchmark")
     run.add_argument("--methods", required=True, help="comma-separated registered method names")
-    run.add_argument("--images", help="a folder of portraits, one image, or a Hub dataset owner/name[:split]")
+    run.add_argument("--images", help="a folder of portraits, one image, a Hub dataset owner/name[:split], or "
+                                      "demo-world:N[:SIZE] (N test portraits of the synthetic demo world, SIZE px, "
+                                      "default 64; fully offline with the demo models)")
     run.add_argument("--instructions", default=None,
-                     help="JSONL (id, instruction, target_caption[, category, source_caption]) or .txt; default: "
-                          "benchmark/instructions.jsonl")
+                     help="JSONL (id, instruction, target_caption[, category, source_caption]), .txt, or demo-world "
+                          "(the demo world's edits); default: benchmark/instructions.jsonl, or demo-world with "
+                          "--images demo-world:...")
     run.add_argument("--out", required=True, help="results folder (created; an existing one is resumed)")
     run.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
     run.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda if available)")
@@ -137,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="build each method's real architecture with random weights (no download); outputs are noise")
     run.add_argument("--random-arch", default=None,
                      help="architecture for --random-weights (default sd15-ip2p; 'tiny' for tests)")
+    run.add_argument("--no-demo", action="store_true",
+                     help="a method whose real model is missing is reported unavailable instead of running on its "
+                          "toy demo model (instantportrait/demo_models/)")
+    run.add_argument("--demo-root", default=None,
+                     help="folder of the toy demo models, one subfolder per model key (default "
+                          "instantportrait/demo_models)")
     run.add_argument("--batch-size", type=int, default=1, help="latency-only: images per edit call")
     run.add_argument("--repeats", type=int, default=10, help="latency-only: timed edit calls per method")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -164,15 +176,18 @@ def default_device() -> str:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from .runner import BenchmarkConfig
-    from .scoring import DEFAULT_SOURCE_CAPTION, ScoringConfig
+    from .scoring import DEFAULT_CLIP, DEFAULT_FACE_PACK, DEFAULT_SOURCE_CAPTION, ScoringConfig
 
     device = args.device or default_device()
     resolution, method_resolution = parse_resolution(args.resolution)
     if args.score_later and args.no_images:
         raise ValueError("--score-later needs the edited images: drop --no-images")
-    scoring = ScoringConfig(face_pack=_none_or(args.face_pack), second_face_pack=_none_or(args.second_face_pack),
-                            face_root=args.face_root, clip=_none_or(args.clip), device=device,
-                            det_size=args.det_size, det_thresh=args.det_thresh)
+    named = {"face_pack": args.face_pack, "clip": args.clip}  # None: not named, the default may fall back to demo
+    scoring = ScoringConfig(face_pack=DEFAULT_FACE_PACK if args.face_pack is None else _none_or(args.face_pack),
+                            second_face_pack=_none_or(args.second_face_pack), face_root=args.face_root,
+                            clip=DEFAULT_CLIP if args.clip is None else _none_or(args.clip), device=device,
+                            det_size=args.det_size, det_thresh=args.det_thresh,
+                            demo_fallback=tuple(k for k, v in named.items() if v is None))
     return BenchmarkConfig(
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], out=Path(args.out), images=args.images,
         instructions=args.instructions, seeds=parse_seeds(args.seeds), device=device, dtype=args.dtype,
@@ -181,7 +196,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         guidance=parse_per_method(args.guidance, float, "--guidance"),
         image_guidance=parse_per_method(args.image_guidance, float, "--image-guidance"), scoring=scoring,
         source_caption=args.source_caption or DEFAULT_SOURCE_CAPTION, score_later=args.score_later,
-        random_weights=args.random_weights, random_arch=args.random_arch, save_images=not args.no_images,
+        random_weights=args.random_weights, random_arch=args.random_arch, demo=not args.no_demo,
+        demo_root=Path(args.demo_root) if args.demo_root else None, save_images=not args.no_images,
         progress=not args.quiet, latency_only=args.latency_only, batch_size=args.batch_size, repeats=args.repeats,
     )
 
@@ -244,6 +260,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(cfg, key, _none_or(value) if isinstance(value, str) and key != "face_root" else value)
+    cfg.demo_fallback = tuple(k for k in cfg.demo_fallback if getattr(args, k) is None)  # a named one is final
     cfg.device = args.device or default_device()
     try:
         n = score_pending(out, cfg, rescore=args.rescore, progress=not args.quiet)

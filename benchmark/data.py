@@ -2,7 +2,9 @@
 
 Portraits (``--images``): a folder (recursively, sorted; unreadable files are skipped and listed in ``run.json``),
 one image file, a Hugging Face dataset ``owner/name[:split]`` (needs the ``datasets`` package; offline it must be
-cached), or ``synthetic:N[:SIZE]`` (N generated images without faces, for timing runs without data).
+cached), ``synthetic:N[:SIZE]`` (N generated images without faces, for timing runs without data), or
+``demo-world:N[:SIZE]``: the sources of the first N *test-split* samples of the synthetic demo world
+(:data:`DEMO_WORLD`, people never seen by the demo models and scorers in training), SIZE px (default 64).
 
 Instruction files are JSONL, one object a line::
 
@@ -12,7 +14,9 @@ Instruction files are JSONL, one object a line::
 ``id``, ``instruction`` and ``target_caption`` are required (``target_caption`` is what CLIP-T scores the output
 against); ``category`` defaults to ``"other"``, ``source_caption`` to the run's ``--source-caption``. A ``.txt``
 file is one instruction a line (``#`` comments), used as its own target caption. The default set is
-``benchmark/instructions.jsonl``: the InstantPortrait poster's instructions plus single-attribute edits.
+``benchmark/instructions.jsonl``: the InstantPortrait poster's instructions plus single-attribute edits;
+``demo-world`` (the default with ``--images demo-world:...``) is the demo world's single edits, one canonical
+phrasing each, with target captions in the words the demo CLIP was trained on.
 """
 
 from __future__ import annotations
@@ -30,6 +34,14 @@ DEFAULT_INSTRUCTIONS = Path(__file__).with_name("instructions.jsonl")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 HF_PREFIX = "hf://datasets/"
 SYNTHETIC_PREFIX = "synthetic:"
+DEMO_WORLD_SPEC = "demo-world"  # --instructions demo-world; --images demo-world:N[:SIZE]
+DEMO_WORLD_PREFIX = DEMO_WORLD_SPEC + ":"
+DEMO_WORLD = {"seed": 0, "num_identities": 120}  # the world the demo models were trained on (train.demo)
+DEMO_WORLD_SIZE = 64
+DEMO_WORLD_COLORS = {"hat": "red", "shirt_color": "green"}  # the one colour of each coloured edit
+# The demo CLIP learnt "a photo of a person" + the world's edit phrase (train.train_scorers' edit texts), with the bare
+# prefix for an unedited portrait: identity-free captions that fit every source.
+DEMO_WORLD_SOURCE_CAPTION = "a photo of a person"
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,27 @@ class SourceImage:
 
 
 # ---------------------------------------------------------------------------------------------------- instructions
+def demo_world_instructions() -> list[Instruction]:
+    """One instruction per edit of the synthetic world (``EDIT_DEFS`` order; hats and shirt colours in one colour):
+    its first imperative phrasing, the edit's category, and the target caption "a photo of a person" + the edit's
+    description ("a photo of a person with hipster glasses")."""
+    from instantportrait.synthetic import EDIT_DEFS, Edit, describe_edits, instruction_paraphrases
+
+    items = []
+    for name, definition in EDIT_DEFS.items():
+        edit = Edit(name, DEMO_WORLD_COLORS[name] if definition.colors else None)
+        items.append(Instruction(
+            id=f"world-{edit.key.replace(':', '-').replace('_', '-')}", instruction=instruction_paraphrases([edit])[0],
+            target_caption=f"{DEMO_WORLD_SOURCE_CAPTION} {describe_edits([edit])}", category=definition.category,
+            source_caption=DEMO_WORLD_SOURCE_CAPTION, origin="instantportrait.synthetic demo world"))
+    return items
+
+
 def load_instructions(path: str | Path | None = None) -> list[Instruction]:
-    """Read an instruction file (JSONL, or ``.txt`` one per line); one ``ValueError`` naming the bad line."""
+    """Read an instruction file (JSONL, or ``.txt`` one per line); one ``ValueError`` naming the bad line.
+    ``"demo-world"`` gives :func:`demo_world_instructions`."""
+    if str(path) == DEMO_WORLD_SPEC:
+        return demo_world_instructions()
     path = Path(path) if path else DEFAULT_INSTRUCTIONS
     if not path.is_file():
         raise ValueError(f"instruction file {path} does not exist")
@@ -136,6 +167,9 @@ def iter_images(spec: str, max_side: int | None = None) -> Iterator[SourceImage 
     if spec.startswith(SYNTHETIC_PREFIX):
         yield from _iter_synthetic(spec, max_side)
         return
+    if spec == DEMO_WORLD_SPEC or spec.startswith(DEMO_WORLD_PREFIX):
+        yield from _iter_demo_world(spec, max_side)
+        return
     if is_hub_dataset(spec):
         yield from _iter_hub_dataset(spec, max_side, prepare_image)
         return
@@ -169,6 +203,34 @@ def _iter_synthetic(spec: str, max_side: int | None) -> Iterator[SourceImage]:
         raise ValueError(f"--images {spec}: expected synthetic:N or synthetic:N:SIZE with N >= 1, SIZE >= 8")
     for i in range(n):
         yield SourceImage(id=f"synthetic-{i:04d}", image=portrait_like_image(size, seed=i), origin=f"{spec}[{i}]")
+
+
+def parse_demo_world(spec: str) -> tuple[int, int]:
+    """``demo-world:N[:SIZE]`` -> ``(N, SIZE)``; one clear ``ValueError`` otherwise."""
+    usage = f"--images {spec}: expected demo-world:N or demo-world:N:SIZE (N >= 1 portraits, SIZE 32..1024 px)"
+    parts = spec[len(DEMO_WORLD_PREFIX):].split(":") if spec.startswith(DEMO_WORLD_PREFIX) else []
+    if not 1 <= len(parts) <= 2:
+        raise ValueError(usage)
+    try:
+        n, size = int(parts[0]), int(parts[1]) if len(parts) == 2 else DEMO_WORLD_SIZE
+    except ValueError:
+        raise ValueError(usage) from None
+    if n < 1 or not 32 <= size <= 1024:
+        raise ValueError(usage)
+    return n, size
+
+
+def _iter_demo_world(spec: str, max_side: int | None) -> Iterator[SourceImage]:
+    """The sources of the first N test-split samples of the demo world (ids ``demo-world-test-000000-<person>``)."""
+    from instantportrait.imageio import prepare_image
+    from instantportrait.synthetic import World
+
+    n, size = parse_demo_world(spec)
+    world = World(**DEMO_WORLD, size=size)
+    for s in world.samples("test", n):
+        loaded = prepare_image(s.source, max_side)
+        yield SourceImage(id=f"demo-world-{s.sample_id}-{s.identity_id}", image=loaded.image,
+                          origin=f"{world!r} {s.sample_id} ({s.identity_id})", notes=tuple(loaded.notes))
 
 
 def _iter_hub_dataset(spec: str, max_side: int | None, prepare: Any) -> Iterator[SourceImage | tuple[str, str]]:

@@ -40,10 +40,12 @@ def time_method(cfg: BenchmarkConfig, name: str, device: torch.device) -> dict[s
     """Load (random or real weights), warm up, time ``cfg.repeats`` edit calls of ``cfg.batch_size`` images."""
     rss0 = _runner.rss_mb()
     cuda0 = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    editor = _runner.make_editor(cfg, name, str(device))
-    info = _runner.load_editor(editor, cfg, device)
+    source = _runner.model_source(cfg, name)
+    editor = _runner.make_editor(cfg, name, str(device), source)
+    info = _runner.load_editor(editor, cfg, device, source)
     record: dict[str, Any] = {"method": name, "label": info.get("label", name), "status": info["status"],
-                              "message": info.get("message", ""), "load_s": info.get("load_s"),
+                              "message": info.get("message", ""), "model_source": info["model_source"],
+                              "model_location": info["model_location"], "load_s": info.get("load_s"),
                               "nfe": info.get("nfe"), "params": info.get("params"),
                               "weights_mb": info.get("weights_mb"),
                               "resolution": editor.resolution, "dtype": str(editor.dtype).replace("torch.", "")}

@@ -182,6 +182,13 @@ def describe_run(run: dict[str, Any]) -> list[str]:
     ]
     if run.get("random_weights"):
         lines.insert(0, "RANDOM WEIGHTS: every image is noise; only the latency columns mean anything")
+    demo = {m: s for m, s in (run.get("model_sources") or {}).items() if s.get("kind") == "demo"}
+    if demo:
+        lines.insert(0, "TOY DEMO MODELS (the real weights are not available here): " + ", ".join(
+            f"{m} ({s.get('location')}, {s.get('resolution') or '?'} px)" for m, s in demo.items())
+            + "; trained on the synthetic portrait world only, their numbers say nothing about real photos")
+    for note in scoring.get("demo_scorers") or []:
+        lines.insert(0, f"TOY DEMO SCORER: {note}")
     return lines
 
 
@@ -341,7 +348,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
     paths["summary.json"].write_text(json.dumps(
         {"run": {k: run.get(k) for k in ("created", "updated", "resolution", "fingerprint", "environment",
                                          "scoring", "thresholds", "source_caption", "memory", "timing",
-                                         "random_weights")},
+                                         "random_weights", "model_sources")},
          "methods": store.jsonable(summary.to_dict("records"))}, indent=2, default=str))
     disp = display_table(summary)
     notes = describe_run(run)

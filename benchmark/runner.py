@@ -9,6 +9,12 @@ edit and hand the image to a writer thread, and ``score_pending`` scores the sav
 Resume: rows are keyed by (method, image, instruction, seed); a restarted run skips keys already written and
 repairs a cut-short last line, so it ends with exactly one row per key.
 
+Offline: a method without ``--model-override`` whose real model is not available here runs on its shipped toy demo
+model (``instantportrait/demo_models/<model key>/``, at the demo model's own resolution unless ``--resolution
+METHOD=N`` says otherwise; ``demo=False`` / ``--no-demo`` turns this off), labelled "[toy demo model]" everywhere; a
+default face pack / CLIP that is not available is replaced by the toy demo scorers (``ScoringConfig.demo_fallback``),
+noted in ``run.json`` and the summary. Which methods ran on demo models is part of the run's fingerprint.
+
 Scale: under ``accelerate launch`` every process takes every N-th sample of each method (by a fixed order, before
 skipping done keys, so the split does not depend on what a killed run left), writes ``parts/rows.rank<i>.jsonl``
 and a ``done`` marker; rank 0 waits for all markers, merges the parts and writes the tables. Without accelerate
@@ -35,7 +41,15 @@ import PIL.Image
 import torch
 
 from . import store
-from .data import DEFAULT_INSTRUCTIONS, Instruction, SourceImage, load_images, load_instructions
+from .data import (
+    DEFAULT_INSTRUCTIONS,
+    DEMO_WORLD_PREFIX,
+    DEMO_WORLD_SPEC,
+    Instruction,
+    SourceImage,
+    load_images,
+    load_instructions,
+)
 from .scoring import DEFAULT_SOURCE_CAPTION, Scorer, ScoringConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +61,7 @@ SCORES = "scores"
 DONE_MARKER = "done.rank{rank}.json"
 REFERENCE_METHOD = "ipnet"
 MERGE_POLL_S = 2.0
+DEMO_LABEL = " [toy demo model]"  # appended to the label of a method that runs on its demo model
 
 MEMORY_NOTE = {
     "cuda": "torch.cuda.max_memory_allocated during the edit (peak reset before each edit) minus what was allocated "
@@ -87,6 +102,8 @@ class BenchmarkConfig:
     score_later: bool = False
     random_weights: bool = False
     random_arch: str | None = None
+    demo: bool = True  # a method whose real model is missing runs on its toy demo model, if one is shipped
+    demo_root: Path | None = None  # where demo models live (None: instantportrait/demo_models)
     save_images: bool = True
     progress: bool = True
     # latency-only mode
@@ -97,6 +114,9 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.demo_root = Path(self.demo_root) if self.demo_root is not None else None
+        if self.instructions is None and self.images and self.images.startswith(DEMO_WORLD_PREFIX):
+            self.instructions = DEMO_WORLD_SPEC  # the demo world's own edits, in the words its models know
         if not self.methods:
             raise ValueError("no method given: pass --methods, e.g. --methods ipnet,instructpix2pix")
         if len(set(self.methods)) != len(self.methods):
@@ -135,9 +155,16 @@ class BenchmarkConfig:
         """``--model-override`` by method name first, then by the editor's model key (``ipnet`` -> ipnet-2step)."""
         return self.model_overrides.get(method) or (self.model_overrides.get(model_key) if model_key else None)
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings rows depend on; a resumed run must match them (scores are checked separately)."""
+    def fingerprint(self, sources: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The settings rows depend on; a resumed run must match them (scores are checked separately).
+
+        ``sources`` (method -> ``ModelSource``, see :func:`model_source`) adds ``demo_models``: the methods that run
+        on a toy demo model and its folder (the key is absent when none does), so a resume cannot mix demo-model
+        rows with real-model rows.
+        """
+        demo = {m: s.location for m, s in sorted((sources or {}).items()) if s.kind == "demo"}
         return {
+            **({"demo_models": demo} if demo else {}),
             "resolution": self.resolution, "method_resolution": dict(sorted(self.method_resolution.items())),
             "dtype": str(self.torch_dtype()).replace("torch.", ""),
             "device_type": torch.device(self.device).type, "random_weights": self.random_weights,
@@ -150,6 +177,7 @@ class BenchmarkConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["out"] = str(self.out)
+        d["demo_root"] = str(self.demo_root) if self.demo_root is not None else None
         d["scoring"] = self.scoring.to_json()
         return d
 
@@ -270,11 +298,20 @@ def write_run(out: Path, run: dict[str, Any]) -> None:
     os.replace(tmp, out / RUN_FILE)
 
 
-def check_fingerprint(previous: dict[str, Any] | None, current: dict[str, Any], out: Path) -> None:
+def check_fingerprint(previous: dict[str, Any] | None, current: dict[str, Any], out: Path,
+                      methods: list[str] | None = None) -> None:
+    """Refuse to resume into ``out`` with settings other than its ``run.json``'s. ``demo_models`` is compared for the
+    ``methods`` both runs have only: a method new to the folder has no rows to mix with."""
     if not previous:
         return
-    old = previous.get("fingerprint") or {}
-    diffs = [f"{k}: {old.get(k)!r} there, {current.get(k)!r} now" for k in current if old.get(k) != current.get(k)]
+    old, current = dict(previous.get("fingerprint") or {}), dict(current)
+    if methods is not None:
+        shared = set(methods) & set((previous.get("config") or {}).get("methods") or methods)
+        for fp in (old, current):
+            demo = {m: loc for m, loc in (fp.pop("demo_models", None) or {}).items() if m in shared}
+            fp.update({"demo_models": demo} if demo else {})
+    diffs = [f"{k}: {old.get(k)!r} there, {current.get(k)!r} now" for k in {**old, **current}
+             if old.get(k) != current.get(k)]
     if diffs:
         raise ValueError(f"{out} holds results made with different settings ({'; '.join(diffs)}); resuming would "
                          "mix them. Use another --out, or the same settings.")
@@ -295,6 +332,14 @@ def check_scoring(previous: dict[str, Any] | None, scoring: ScoringConfig, out: 
 
 def sha256_text(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def instructions_sha256(spec: str | None, instructions: list[Instruction]) -> str:
+    """The instruction file's sha256, or (for a built-in set such as ``demo-world``) that of its JSON lines."""
+    if spec == DEMO_WORLD_SPEC:
+        text = "".join(json.dumps(asdict(ins), sort_keys=True) + "\n" for ins in instructions)
+        return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_text(Path(spec or DEFAULT_INSTRUCTIONS))
 
 
 @dataclass(frozen=True)
@@ -336,24 +381,58 @@ def check_methods(names: list[str]) -> None:
                          f"{', '.join(list_methods())}")
 
 
-def make_editor(cfg: BenchmarkConfig, name: str, device: str) -> Any:
+def model_source(cfg: BenchmarkConfig, name: str) -> Any:
+    """Where ``name``'s weights come from in this run (a ``ModelSource``): ``random-weights``, ``override``
+    (``--model-override``), ``real`` (the registry's model or an ``INSTANTPORTRAIT_<KEY>`` location), or ``demo``:
+    the shipped toy demo model, when the real one is not available here and ``cfg.demo`` is on (``resolve_source``).
+    A missing real model stays ``real``: :func:`load_editor` records it as unavailable, with the reason."""
+    from instantportrait.methods import editor_class
+    from instantportrait.methods.sources import ModelSource, resolve_source
+
+    if cfg.random_weights:
+        return ModelSource(name, "random-weights")
+    override = cfg.override_for(name, editor_class(name).model_key)
+    if override:
+        return ModelSource(name, "override", override)
+    if cfg.demo:
+        source = resolve_source(name, sources=("real", "demo"), demo_root=cfg.demo_root)
+        if source.available:
+            return source
+    return ModelSource(name, "real")
+
+
+def make_editor(cfg: BenchmarkConfig, name: str, device: str, source: Any = None) -> Any:
+    """The editor for ``name`` from ``source`` (default: :func:`model_source`), not loaded. Working size: a per-method
+    ``--resolution METHOD=N``, else a demo model's own resolution, else the run's; ``METHOD=native``: the editor's
+    default (a demo model's own)."""
     from instantportrait.methods import editor_class
 
     cls = editor_class(name)
-    kwargs: dict[str, Any] = {"resolution": cfg.method_resolution.get(name, cfg.resolution)}
-    if kwargs["resolution"] is None:  # "native": the editor's own default working size
-        kwargs = {}
-    editor = cls(device=device, dtype=cfg.torch_dtype(), model=cfg.override_for(name, cls.model_key), **kwargs)
+    source = source or model_source(cfg, name)
+    demo_res = source.resolution if source.kind == "demo" else None
+    if cfg.method_resolution.get(name) is not None:
+        resolution = cfg.method_resolution[name]
+    elif name in cfg.method_resolution:  # "native"
+        resolution = demo_res
+    else:
+        resolution = demo_res or cfg.resolution
+    kwargs: dict[str, Any] = {"resolution": resolution} if resolution is not None else {}
+    editor = cls(device=device, dtype=cfg.torch_dtype(), model=source.location, **kwargs)
     if cfg.random_arch is not None:
         editor.random_architecture = cfg.random_arch
     return editor
 
 
-def load_editor(editor: Any, cfg: BenchmarkConfig, device: torch.device) -> dict[str, Any]:
-    """Check, load and time; a record with ``status`` ok / unavailable / no random-weights builder / load failed."""
+def load_editor(editor: Any, cfg: BenchmarkConfig, device: torch.device, source: Any = None) -> dict[str, Any]:
+    """Check, load and time; a record with ``status`` ok / unavailable / no random-weights builder / load failed,
+    where the model came from (``model_source``, ``model_location``) and the working ``resolution``."""
     from instantportrait.errors import ModelNotAvailableError
+    from instantportrait.methods.sources import demo_model_dir
 
-    info: dict[str, Any] = {"method": editor.name, "label": editor.label}
+    kind = source.kind if source is not None else ("random-weights" if cfg.random_weights else "real")
+    location = (source.location or source.description or None) if source is not None else editor.model_override
+    info: dict[str, Any] = {"method": editor.name, "label": editor.label + (DEMO_LABEL if kind == "demo" else ""),
+                            "model_source": kind, "model_location": location, "resolution": editor.resolution}
     try:
         if not cfg.random_weights:
             editor.check_available()
@@ -366,7 +445,9 @@ def load_editor(editor: Any, cfg: BenchmarkConfig, device: torch.device) -> dict
         sync(device)
         info["load_s"] = time.perf_counter() - t0
     except ModelNotAvailableError as exc:
-        return {**info, "status": "unavailable", "message": str(exc)}
+        folder = demo_model_dir(editor.name, cfg.demo_root) if kind == "real" and not cfg.demo else None
+        hint = f" (a toy demo model is shipped in {folder}: run without --no-demo to use it)" if folder else ""
+        return {**info, "status": "unavailable", "message": f"{exc}{hint}"}
     except NotImplementedError as exc:
         return {**info, "status": "no random-weights builder", "message": str(exc)}
     except Exception as exc:  # a broken checkpoint must not end the whole run
@@ -391,6 +472,8 @@ def _safe_describe(editor: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------- run
 def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
     """Run (or resume) the benchmark into ``cfg.out``; rank 0 writes the tables. Returns ``cfg.out``."""
+    from instantportrait.methods.sources import demo_notice
+
     check_methods(cfg.methods)
     if cfg.latency_only:
         from .latency import run_latency
@@ -406,14 +489,21 @@ def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
     images, skipped = load_images(cfg.images, max_side=cfg.resolution)
     samples = build_samples(images, instructions, cfg.seeds, cfg.limit)
     previous = read_run(out)
-    check_fingerprint(previous, cfg.fingerprint(), out)
+    sources = {name: model_source(cfg, name) for name in cfg.methods}
+    fingerprint = cfg.fingerprint(sources)
+    check_fingerprint(previous, fingerprint, out, cfg.methods)
+    scoring, scoring_notes = cfg.scoring.with_demo_fallback()
     if not cfg.score_later:
-        check_scoring(previous, cfg.scoring, out)
+        check_scoring(previous, scoring, out)
+    if dist.is_main:  # scoring notes of --score-later come when it scores
+        notes = [demo_notice(s) for s in sources.values() if s.kind == "demo"]
+        for note in notes + ([] if cfg.score_later else scoring_notes):
+            print(note, file=sys.stderr, flush=True)
 
     # Scoring models first: a missing face pack / CLIP fails here, before any edit.
     scorer = None
     if not cfg.score_later:
-        scorer = Scorer(ScoringConfig(**{**cfg.scoring.to_json(), "device": str(device)})).load()
+        scorer = Scorer(ScoringConfig(**{**scoring.to_json(), "device": str(device)})).load()
 
     marker = out / store.PARTS_DIR / DONE_MARKER.format(rank=dist.rank)
     if marker.exists():  # a marker from an earlier launch; removed before the start barrier
@@ -430,22 +520,24 @@ def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
         run = previous or {"created": session}
         run.update({
             "updated": session, "mode": "benchmark", "command": sys.argv, "config": cfg.to_json(),
-            "fingerprint": cfg.fingerprint(), "environment": environment(device, dist),
+            "fingerprint": fingerprint, "environment": environment(device, dist),
             "images": {"spec": cfg.images, "count": len(images), "ids": [im.id for im in images],
                        "skipped": skipped, "max_side": cfg.resolution},
             "instructions": {"path": str(cfg.instructions or DEFAULT_INSTRUCTIONS), "count": len(instructions),
-                             "sha256": sha256_text(Path(cfg.instructions or DEFAULT_INSTRUCTIONS))},
+                             "sha256": instructions_sha256(cfg.instructions, instructions)},
             "thresholds": {"det_size": cfg.scoring.det_size, "det_thresh": cfg.scoring.det_thresh,
                            "directional_eps": cfg.scoring.directional_eps, "confidence": 0.95,
                            "confidence_interval": "Student-t interval of the mean (scipy.stats.t)"},
             "source_caption": cfg.source_caption, "resolution": cfg.resolution,
             "memory": MEMORY_NOTE[device.type if device.type in MEMORY_NOTE else "cpu"], "timing": TIMING_NOTE,
             "reference_method": REFERENCE_METHOD, "random_weights": cfg.random_weights,
+            "model_sources": {m: {"kind": s.kind, "location": s.location, "resolution": s.resolution}
+                              for m, s in sources.items()},
         })
         run.setdefault("sessions", []).append({"started": session, "world_size": dist.world,
                                                "device_name": run["environment"]["device_name"]})
         if scorer is not None:
-            run["scoring"] = {"config": cfg.scoring.to_json(), "models": scorer.describe()}
+            run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe(), "demo_scorers": scoring_notes}
         write_run(out, run)
     dist.barrier()  # parts merged and run.json written before any process reads what is done
 
@@ -461,7 +553,7 @@ def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
             if not pending:
                 logger.info("%s: all %d samples of this process are done", name, len(mine))
                 continue
-            record = run_method(cfg, name, pending, device, writer, scorer, session, dist)
+            record = run_method(cfg, name, pending, device, writer, scorer, session, dist, sources[name])
             method_log.write({**record, "session": session, "rank": dist.rank, "time": now()})
     finally:
         writer.close()
@@ -504,14 +596,17 @@ def wait_for_markers(out: Path, world: int, timeout_s: float) -> None:
 
 
 def run_method(cfg: BenchmarkConfig, name: str, pending: list[Sample], device: torch.device,
-               writer: store.AsyncRowWriter, scorer: Scorer | None, session: str, dist: Dist) -> dict[str, Any]:
-    """Load one method, warm it up and edit every pending sample; returns the method's record."""
+               writer: store.AsyncRowWriter, scorer: Scorer | None, session: str, dist: Dist,
+               source: Any = None) -> dict[str, Any]:
+    """Load one method (from ``source``, default :func:`model_source`), warm it up and edit every pending sample;
+    returns the method's record."""
     from tqdm import tqdm
 
     rss0 = rss_mb()
     cuda0 = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    editor = make_editor(cfg, name, str(device))
-    info = load_editor(editor, cfg, device)
+    source = source or model_source(cfg, name)
+    editor = make_editor(cfg, name, str(device), source)
+    info = load_editor(editor, cfg, device, source)
     info["mem_kind"] = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_delta"
     if info["status"] != "ok":
         logger.warning("%s: %s: %s", name, info["status"], info["message"])
@@ -611,6 +706,9 @@ def score_pending(out: Path, scoring: ScoringConfig | None = None, rescore: bool
     if scoring is None:
         recorded = (run.get("scoring") or {}).get("config") or (run.get("config") or {}).get("scoring")
         scoring = ScoringConfig(**recorded) if recorded else ScoringConfig()
+    scoring, notes = scoring.with_demo_fallback()
+    for note in notes:
+        print(note, file=sys.stderr, flush=True)
     scores_path = out / f"{SCORES}.jsonl"
     if rescore:
         if scores_path.exists():
@@ -622,7 +720,7 @@ def score_pending(out: Path, scoring: ScoringConfig | None = None, rescore: bool
     pending = [r for r in rows if r.get("status") == "ok" and r.get("output")
                and (rescore or not r.get("scored")) and store.row_key(r) not in have]
     scorer = Scorer(scoring).load()
-    run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe()}
+    run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe(), "demo_scorers": notes}
     write_run(out, run)
     app = store.JsonlAppender(scores_path)
     sources: dict[str, PIL.Image.Image] = {}

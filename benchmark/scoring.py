@@ -6,33 +6,67 @@ computed once per source and reused for every method, instruction and seed; capt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
 
+from instantportrait.demo_scorers import DEFAULT_CLIP, DEFAULT_FACE_PACK, demo_clip_for, demo_face_pack_for
+
 from . import metrics
 
 DEFAULT_SOURCE_CAPTION = "a photo of a person"
+DEMO_FALLBACK_FIELDS = ("face_pack", "clip")
 
 
 @dataclass
 class ScoringConfig:
-    """What scores a row. ``None`` for ``face_pack``/``clip`` turns that metric off."""
+    """What scores a row. ``None`` for ``face_pack``/``clip`` turns that metric off.
 
-    face_pack: str | None = "buffalo_l"
+    ``demo_fallback``: the fields (``face_pack``, ``clip``) that, while they hold the default (buffalo_l, ViT-L/14)
+    and that default cannot be used on this machine, :meth:`with_demo_fallback` replaces by the shipped toy demo
+    scorer. The CLI leaves out a field the user named: an explicit choice is final (a clear error if missing).
+    """
+
+    face_pack: str | None = DEFAULT_FACE_PACK
     second_face_pack: str | None = None
     face_root: str | None = None
-    clip: str | None = "ViT-L/14"  # a clip-anytorch variant or a weights file
+    clip: str | None = DEFAULT_CLIP  # a clip-anytorch variant or a weights file
     device: str = "cpu"
     det_size: int = 640
     det_thresh: float = 0.5
     directional_eps: float = metrics.DIRECTIONAL_EPS
+    demo_fallback: tuple[str, ...] = DEMO_FALLBACK_FIELDS
+
+    def __post_init__(self) -> None:
+        self.demo_fallback = tuple(self.demo_fallback)  # a list when read back from run.json
+        bad = [f for f in self.demo_fallback if f not in DEMO_FALLBACK_FIELDS]
+        if bad:
+            raise ValueError(f"demo_fallback names {bad}; only {list(DEMO_FALLBACK_FIELDS)} can fall back")
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def with_demo_fallback(self) -> tuple[ScoringConfig, list[str]]:
+        """This config with every default scorer that cannot be used here (face pack folder missing; CLIP weights
+        neither on disk nor downloadable now) replaced by the shipped toy demo scorer, and one note per
+        replacement (see :mod:`instantportrait.demo_scorers`). Cheap: no model is loaded."""
+        changes: dict[str, str] = {}
+        notes: list[str] = []
+        # (None turns a metric off: never a fallback; demo_clip_for(None) would read it as "the default CLIP")
+        face = demo_face_pack_for(self.face_pack, self.face_root) if "face_pack" in self.demo_fallback else None
+        if face is not None:
+            changes["face_pack"] = str(face)
+            notes.append(f"identity similarity comes from the TOY demo face pack ({face}), because {self.face_pack} "
+                         "is not installed here; it means something only on the synthetic demo-world portraits")
+        clip = demo_clip_for(self.clip, download=True) if self.clip and "clip" in self.demo_fallback else None
+        if clip is not None:
+            changes["clip"] = str(clip)
+            notes.append(f"CLIP scores come from the TOY demo CLIP ({clip}), because {self.clip} is neither on "
+                         "disk nor downloadable here; they mean something only on the synthetic demo-world portraits")
+        return replace(self, **changes), notes
 
 
 def make_clip_scorer(clip: str, device: str) -> Any:

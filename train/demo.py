@@ -3,12 +3,14 @@
 Train the offline demo editors of the synthetic portrait world with the project's real trainers:
 
 1. export paired edits of the world's *train* identities (64 px, ``World.export_pairs``);
-2. build a world-sized InstructPix2Pix-format base: a small ``AutoencoderKL`` (4x downscale, 16x16x4 latents)
-   trained briefly as an autoencoder on the exported images (its ``scaling_factor`` fitted to unit-variance
-   latents, as SD's 0.18215 was), a tokenizer whose vocabulary holds every word of the world's instructions as one
-   token, and a tiny ``CLIPTextModel`` with *frozen random* weights: a fixed, injective (distinct tokens -> distinct
-   embeddings, checked) map from instruction to token embeddings that the UNet learns to read, standing in for a
-   pre-trained text encoder; and a freshly initialised 8-channel UNet;
+2. build a world-sized InstructPix2Pix-format base: a small ``AutoencoderKL`` (2x downscale, 32x32x4 latents; a 4x
+   one loses the 2-3 px eyes and mouths that make a synthetic identity: its reconstructions scored 0.49 identity
+   cosine against the source, this one 0.84) trained as an autoencoder on the exported images, face boxes weighted
+   ``vae_face_weight`` times (its ``scaling_factor`` fitted to unit-variance latents, as SD's 0.18215 was); a
+   tokenizer whose vocabulary holds every word of the world's instructions as one token; a tiny ``CLIPTextModel``
+   with *frozen random* weights: a fixed, injective (distinct tokens -> distinct embeddings, checked) map from
+   instruction to token embeddings that the UNet learns to read, standing in for a pre-trained text encoder; and a
+   freshly initialised 8-channel UNet (attention at its 8x8 level only);
 3. ``train_idenet.train`` with ``train/configs/demo_idenet.yaml`` (ε loss + the annealing identity loss through the
    demo face pack's recognition ONNX when ``<out>/face_pack`` holds one, else ``identity_weighting: none``);
 4. ``train_ipnet.train`` with ``train/configs/demo_ipnet.yaml`` (IPNet distilled from that IDE-Net);
@@ -16,8 +18,10 @@ Train the offline demo editors of the synthetic portrait world with the project'
    float32) with toy-model cards, evaluate on the held-out *test* identities, and ship them only when IPNet's
    one-step L1 to the rendered target is at least ``--ship-bar`` (20%) below the unchanged source's.
 
-``python -m train.demo --evaluate instantportrait/demo_models`` prints the per-category numbers of shipped models.
-Everything is deterministic given ``--seed`` (data, initialisation, trainer draws).
+Each stage records ``<work>/<stage>.done.json`` when it finishes; a rerun with the same settings reuses it, so an
+interrupted run continues at the first unfinished stage. ``python -m train.demo --evaluate instantportrait/demo_models``
+scores shipped models on 200 held-out pairs and prints issue #4's acceptance checks. Everything is deterministic
+given ``--seed`` (data, initialisation, trainer draws).
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ class DemoConfig:
     num_identities: int = 120
     train_pairs: int = 4000
     image_size: int = IMAGE_SIZE
-    vae_steps: int = 2000
+    vae_steps: int = 1200
     vae_batch: int = 8
     vae_lr: float = 2e-3
+    vae_channels: tuple[int, ...] = (32, 64)  # two levels: 2x downscale
+    vae_face_weight: float = 2.0
     idenet_steps: int | None = None  # None: the YAML's max_train_steps
     ipnet_steps: int | None = None
     eval_pairs: int = 200
@@ -74,24 +80,35 @@ def world_words(manifest: Path) -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
-def load_pixels(folder: Path, size: int) -> torch.Tensor:
-    """All source and target images of a pairs folder as (N, 3, size, size) in [-1, 1]."""
+def load_pixels(folder: Path, size: int, face_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """All source and target images of a pairs folder as (N, 3, size, size) in [-1, 1], and per-pixel loss weights
+    (N, 1, size, size): ``face_weight`` inside the source's face box (targets share their source's pose), else 1."""
     from PIL import Image
 
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    boxes = {r["source"]: r.get("source_bbox") for r in rows}
+    boxes.update({r["target"]: r.get("source_bbox") for r in rows})
     paths = sorted({r["source"] for r in rows}) + sorted({r["target"] for r in rows})
     arrays = [np.asarray(Image.open(folder / p).convert("RGB").resize((size, size)), dtype=np.float32) for p in paths]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, H, W)
+    weights = torch.ones(len(paths), 1, size, size)
+    for i, p in enumerate(paths):
+        if boxes[p] and face_weight != 1.0:
+            scale = size / float(rows[0].get("width", size))
+            x0, y0, x1, y1 = (int(round(v * scale)) for v in boxes[p])
+            weights[i, :, max(y0, 0):y1, max(x0, 0):x1] = face_weight
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0, weights
 
 
-def train_vae(pixels: torch.Tensor, cfg: DemoConfig) -> Any:
-    """A small AutoencoderKL (4x downscale, 4 latent channels) trained as an autoencoder: L1 + MSE reconstruction
-    of the posterior mean plus a tiny KL; ``scaling_factor`` = 1 / std of the latents."""
+def train_vae(pixels: torch.Tensor, weights: torch.Tensor, cfg: DemoConfig) -> Any:
+    """A small AutoencoderKL (``2 ** (len(vae_channels) - 1)``x downscale, 4 latent channels) trained as an
+    autoencoder: weighted L1 + MSE reconstruction of a slightly noised posterior mean plus a tiny KL;
+    ``scaling_factor`` = 1 / std of the latents."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32),
+    levels = len(cfg.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+                        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(cfg.vae_channels),
                         layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=cfg.image_size)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.vae_lr, total_steps=max(cfg.vae_steps, 1),
@@ -100,11 +117,11 @@ def train_vae(pixels: torch.Tensor, cfg: DemoConfig) -> Any:
     vae.train()
     for step in range(cfg.vae_steps):
         idx = torch.randint(0, pixels.shape[0], (cfg.vae_batch,), generator=gen)
-        x = pixels[idx]  # (B, 3, H, W)
+        x, w = pixels[idx], weights[idx]  # (B, 3, H, W), (B, 1, H, W)
         post = vae.encode(x).latent_dist
-        z = post.mean + 0.1 * post.std * torch.randn(post.mean.shape, generator=gen)  # (B, 4, H/4, W/4)
+        z = post.mean + 0.1 * post.std * torch.randn(post.mean.shape, generator=gen)  # (B, 4, h, w)
         rec = vae.decode(z).sample  # (B, 3, H, W)
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+        loss = ((rec - x).abs() * w).mean() + ((rec - x).pow(2) * w).mean() + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -136,13 +153,14 @@ def build_base(folder: Path, data: Path, cfg: DemoConfig) -> Path:
     if torch.unique(emb.detach(), dim=0).shape[0] != emb.shape[0]:
         raise RuntimeError("two tokens share an embedding: the text encoder would not be injective")
     t0 = time.perf_counter()
-    vae = train_vae(load_pixels(data, cfg.image_size), cfg)
+    vae = train_vae(*load_pixels(data, cfg.image_size, cfg.vae_face_weight), cfg)
     print(f"[vae] trained in {time.perf_counter() - t0:.1f} s", flush=True)
     torch.manual_seed(cfg.seed)
-    unet = UNet2DConditionModel(
-        sample_size=cfg.image_size // 4, in_channels=8, out_channels=4, layers_per_block=1,
-        block_out_channels=(48, 96), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=16,
+    unet = UNet2DConditionModel(  # attention only at the coarsest (8x8) level: cheap on a CPU
+        sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=8, out_channels=4,
+        layers_per_block=1, block_out_channels=(32, 64, 96),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=16,
         norm_num_groups=16)
     pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                                   scheduler=tiny_scheduler(), safety_checker=None,
@@ -189,7 +207,7 @@ What it can do: apply the synthetic world's edits (accessories, facial hair, clo
 to synthetic-world portraits at 64 px, from instructions phrased in the world's vocabulary.
 What it cannot do: edit real photographs, understand words outside the world's vocabulary (unknown words become
 byte tokens it never saw), produce detail beyond 64 px, or preserve a real person's identity. Its text encoder is a
-frozen *random* tiny CLIP text model (a fixed injective embedding the UNet learned to read), its VAE a 4x
+frozen *random* tiny CLIP text model (a fixed injective embedding the UNet learned to read), its VAE a 2x
 autoencoder trained on the world's images only. Weights are stored in fp16 (load with `dtype=torch.float32` to
 upcast). Identity loss: {identity}.
 
@@ -395,7 +413,8 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
         return data
 
     _stage(work, "data", world_key, export, times)
-    base_key = {**world_key, "vae": [cfg.vae_steps, cfg.vae_batch, cfg.vae_lr]}
+    base_key = {**world_key, "vae": [cfg.vae_steps, cfg.vae_batch, cfg.vae_lr, list(cfg.vae_channels),
+                                     cfg.vae_face_weight], "unet": "32-64-96"}
     base = _stage(work, "base", base_key, lambda: build_base(work / "base", data, cfg), times)
 
     rec = find_recognition_onnx(out / "face_pack")

@@ -97,7 +97,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if source.kind == "demo":
             print(demo_notice(source), file=sys.stderr)
         editor.check_available()
-        editor.load()
+        pipe = editor.pipeline
+        if args.tiny_decoder:
+            pipe.use_tiny_decoder(args.tiny_decoder)
+        pipe.optimize(channels_last=args.channels_last, fuse_qkv=args.fuse_qkv, compile=args.compile)
     except ModelNotAvailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -155,5 +158,12 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=None, help="default 512, or a demo model's own size (64)")
     p.add_argument("--no-demo", action="store_true", help="fail instead of using the toy demo model")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of a written video")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile UNet and decoder (CUDA graphs on GPU; the first batch compiles, and a last "
+                        "partial batch compiles once more)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--fuse-qkv", action="store_true", help="fuse attention q/k/v projections")
+    p.add_argument("--tiny-decoder", default=None, metavar="FOLDER",
+                   help="decode with a distilled tiny decoder (train/train_tiny_decoder.py)")
     p.add_argument("--max-frames", type=int, default=None)
     p.set_defaults(func=cmd_stream)

@@ -124,6 +124,37 @@ def test_stream_edits_every_frame_and_reports_fps(tmp_path, tiny_ipnet, capsys):
     assert "frames/s" in capsys.readouterr().err
 
 
+def test_stream_fast_path_switches(tmp_path, tiny_ipnet, capsys):
+    """--fuse-qkv (+ channels-last) gives the plain stream's frames within float tolerance; --tiny-decoder decodes
+    with a distilled decoder (other pixels, same sizes); a missing decoder folder is a clear error."""
+    import numpy as np
+    from diffusers import AutoencoderKL
+
+    from instantportrait.tiny_decoder import build_tiny_decoder, save_tiny_decoder
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        portrait_like_image(64, seed=i).save(frames / f"f{i}.png")
+    base = ["stream", str(frames), "add a hat", "--model", str(tiny_ipnet)]
+
+    def run_to(name, *extra):
+        assert main([*base, "-o", str(tmp_path / name), *extra]) == 0
+        return [np.asarray(PIL.Image.open(p), dtype=np.float32) for p in sorted((tmp_path / name).iterdir())]
+
+    plain = run_to("plain", "--no-channels-last")
+    fused = run_to("fused", "--fuse-qkv")
+    assert all(np.abs(a - b).max() <= 2.0 for a, b in zip(plain, fused))
+    torch_vae = AutoencoderKL.from_pretrained(tiny_ipnet / "vae")
+    save_tiny_decoder(build_tiny_decoder(torch_vae.config), tmp_path / "tiny_dec")
+    tiny = run_to("tiny", "--tiny-decoder", str(tmp_path / "tiny_dec"))
+    assert [t.shape for t in tiny] == [p.shape for p in plain]
+    assert any(np.abs(a - b).mean() > 1.0 for a, b in zip(plain, tiny))  # really another decoder
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "x"), "--tiny-decoder", str(tmp_path / "nope")]) == 3
+    assert "nope" in capsys.readouterr().err
+
+
 def test_stream_to_video_file(tmp_path, tiny_ipnet):
     import cv2
 

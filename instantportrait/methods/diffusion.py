@@ -54,6 +54,12 @@ class IPNetEditor(PipelineEditor):
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(self.device)
 
+    @property
+    def pipeline(self) -> Any:
+        """The loaded ``InstantPortraitPipeline`` (loads it first), e.g. for ``optimize()`` or ``use_tiny_decoder``."""
+        self.load()
+        return self._loaded
+
     def _build_random(self) -> Any:
         from ..architectures import build_random_ipnet, resolve_architecture
 

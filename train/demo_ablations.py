@@ -61,31 +61,51 @@ def _done(work: Path, stage: str) -> dict[str, Any]:
     return json.loads(marker.read_text())
 
 
-def run_ablations(work: Path, out: Path, *, idenet_steps: int = 1500, ipnet_steps: int = 500, eval_pairs: int = 100,
-                  only: str | None = None) -> list[dict[str, Any]]:
-    """Train every variant (or reuse it), evaluate all of them together, write the tables; returns the rows."""
+def _demo_identity_model(work: Path) -> str | None:
+    """The identity model of the demo run's IDE-Net (its saved config, once it finished; before that the demo face
+    pack's recognition ONNX, which ``train.demo`` uses when present), or None when there is none."""
+    from instantportrait.config import DEMO_FACE_PACK
+    from train.demo import find_recognition_onnx
+
+    marker = work / "idenet.done.json"
+    if marker.is_file():
+        path = load_config(IDENetConfig, Path(json.loads(marker.read_text())["path"]) / "train_config.yaml"
+                           ).identity_model
+        return None if path in (None, "", "none") else path
+    found = find_recognition_onnx(DEMO_FACE_PACK)
+    return str(found) if found else None
+
+
+def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps: int = 150, eval_pairs: int = 100,
+                  only: str | None = None, train_only: bool = False) -> list[dict[str, Any]]:
+    """Train every variant (or reuse it), evaluate all of them together, write the tables; returns the rows
+    (``train_only``: stop after training, return nothing)."""
     from train import train_idenet, train_ipnet
 
     work, out = Path(work), Path(out)
     base = Path(_done(work, "base")["path"])
     data = Path(_done(work, "data")["path"])
-    demo_idenet = Path(_done(work, "idenet")["path"])
-    demo_ipnet = Path(_done(work, "ipnet")["path"])
     world = _done(work, "data")["key"]
-    ide_run = config_to_dict(load_config(IDENetConfig, demo_idenet / "train_config.yaml"))
-    rec = ide_run.get("identity_model")
-    rec = None if rec in (None, "", "none") else rec  # the demo run had no face pack: no identity-loss variants
     scratch = work / "ablations"
     scratch.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    editors: dict[str, tuple[str, Path]] = {"IDE-Net (demo run)": ("idenet", demo_idenet),
-                                            "IPNet 1-step (demo run)": ("ipnet", demo_ipnet),
-                                            "IPNet 2-step (demo run)": ("ipnet-2step", demo_ipnet)}
-    groups = {"IDE-Net (demo run)": "shipped", "IPNet 1-step (demo run)": "shipped",
-              "IPNet 2-step (demo run)": "shipped"}
-    steps = {"IDE-Net (demo run)": ide_run["max_train_steps"],
-             "IPNet 1-step (demo run)": load_config(IPNetConfig, demo_ipnet / "train_config.yaml").max_train_steps}
-    steps["IPNet 2-step (demo run)"] = steps["IPNet 1-step (demo run)"]
+    editors: dict[str, tuple[str, Path]] = {}
+    groups: dict[str, str] = {}
+    steps: dict[str, int] = {}
+    # the demo run's own models (needed for the IPNet variants; listed when finished)
+    demo_idenet = demo_ipnet = None
+    if only != "idenet" or (work / "idenet.done.json").is_file():
+        demo_idenet = Path(_done(work, "idenet")["path"])
+        editors["IDE-Net (demo run)"] = ("idenet", demo_idenet)
+        steps["IDE-Net (demo run)"] = load_config(IDENetConfig, demo_idenet / "train_config.yaml").max_train_steps
+    if only != "idenet" or (work / "ipnet.done.json").is_file():
+        demo_ipnet = Path(_done(work, "ipnet")["path"])
+        n = load_config(IPNetConfig, demo_ipnet / "train_config.yaml").max_train_steps
+        for row, method in (("IPNet 1-step (demo run)", "ipnet"), ("IPNet 2-step (demo run)", "ipnet-2step")):
+            editors[row], steps[row] = (method, demo_ipnet), n
+    groups.update({row: "demo run" for row in editors})
+    rec = _demo_identity_model(work)
+    base_key = _done(work, "base")["key"]
 
     if only in (None, "idenet"):
         for name, weighting in IDENET_VARIANTS.items():
@@ -95,7 +115,7 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 1500, ipnet_step
                     "seed": world["seed"], "resolution": world["image_size"], "max_train_steps": idenet_steps,
                     "identity_weighting": weighting, "identity_model": rec if weighting != "none" else "none"}
             cfg = load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", over)
-            path = _stage(scratch, f"idenet_{_slug(name)}", {"world": world, "cfg": config_to_dict(cfg)},
+            path = _stage(scratch, f"idenet_{_slug(name)}", {"base": base_key, "cfg": config_to_dict(cfg)},
                           lambda cfg=cfg: train_idenet.train(cfg), times)
             row = f"IDE-Net, {name}"
             editors[row], groups[row], steps[row] = ("idenet", path), "IDE-Net identity loss", idenet_steps
@@ -108,11 +128,14 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 1500, ipnet_step
             if not rec:
                 over["weights.identity"] = 0.0
             cfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet.yaml", over)
-            path = _stage(scratch, f"ipnet_{_slug(name)}", {"world": world, "cfg": config_to_dict(cfg)},
+            path = _stage(scratch, f"ipnet_{_slug(name)}", {"teacher": _done(work, "idenet")["key"],
+                                                             "cfg": config_to_dict(cfg)},
                           lambda cfg=cfg: train_ipnet.train(cfg), times)
             row = f"IPNet 1-step, {name}"
             editors[row], groups[row], steps[row] = ("ipnet", path), "IPNet objectives", ipnet_steps
 
+    if train_only:
+        return []
     res = evaluate(work, seed=world["seed"], num_identities=world["num_identities"], n=eval_pairs,
                    size=world["image_size"], scorers=DemoScorers.load(), editors=editors)
     rows = []
@@ -142,16 +165,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--work", type=Path, default=Path("instantportrait/demo_models/.demo_work"),
                    help="the work folder of a finished `python -m train.demo` run")
     p.add_argument("--out", type=Path, default=Path("results/toy_ablations"))
-    p.add_argument("--idenet-steps", type=int, default=1500)
-    p.add_argument("--ipnet-steps", type=int, default=500)
+    p.add_argument("--idenet-steps", type=int, default=500)
+    p.add_argument("--ipnet-steps", type=int, default=150)
     p.add_argument("--eval-pairs", type=int, default=100)
     p.add_argument("--only", choices=("idenet", "ipnet"), default=None, help="one group of variants only")
+    p.add_argument("--train-only", action="store_true", help="train (or reuse) the variants, evaluate nothing")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     for name in ("idenet_steps", "ipnet_steps", "eval_pairs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return run_ablations(args.work, args.out, idenet_steps=args.idenet_steps, ipnet_steps=args.ipnet_steps,
-                         eval_pairs=args.eval_pairs, only=args.only)
+                         eval_pairs=args.eval_pairs, only=args.only, train_only=args.train_only)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
-"""The demo editors (``python -m train.demo``): the shipped toy IDE-Net / IPNet, the quick run end to end, stage
-reuse, and the toy ablation command."""
+"""The demo editors (``python -m train.demo``): the quick run end to end, stage reuse, the toy ablation command, and
+the held-out people the editors are scored on.
+
+No demo IPNet / IDE-Net is shipped yet: the latest full run (2x VAE, 3000 IDE-Net + 1000 IPNet steps) did not clear
+the learned-something bar (IPNet 1-step L1 8 % above the unchanged source's; see BENCHMARKS.md §5 and issue #4).
+When one is shipped, it gets a test that its edits move toward the rendered targets on test identities.
+"""
 
 from __future__ import annotations
 
@@ -105,39 +110,6 @@ def test_interrupted_run_reuses_finished_stages_and_ablations_start_from_them(tm
         assert math.isnan(r["identity"]) or -1.0 <= r["identity"] <= 1.0
     with pytest.raises(FileNotFoundError, match="run `python -m train.demo"):
         demo_ablations.main(["--work", str(tmp_path / "nothing"), "--out", str(out)])
-
-
-# ---------------------------------------------------------------------------------------------- the shipped models
-def test_shipped_demo_models_are_small_toys_with_cards():
-    total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file() and ".demo_work" not in f.parts)
-    assert total <= 30 * 2**20, f"demo models take {total / 2**20:.1f} MiB (issue #4: at most 30 MB together)"
-    for name in ("ipnet", "idenet"):
-        card = (SHIPPED / name / "README.md").read_text()
-        assert "TOY demo model" in card and "synthetic" in card and "cannot" in card
-        assert (SHIPPED / name / "train_config.yaml").is_file()
-
-
-def test_shipped_demo_ipnet_learned_the_edits():
-    """Looser versions of issue #4's acceptance on 24 held-out test pairs (the full check on 200:
-    ``python -m train.demo --evaluate instantportrait/demo_models``)."""
-    res = demo.evaluate(SHIPPED, n=24, methods=("ipnet",), scorers=demo.DemoScorers.load())
-    m, src = res["rows"]["ipnet"], res["rows"]["source (no edit)"]
-    assert m["l1_to_target"]["all"] < 0.85 * src["l1_to_target"]["all"]  # closer to the rendered target
-    assert m["edit_present"] >= 0.6 > src["edit_present"]  # the demo CLIP sees the edits; not in the source
-    assert m["identity"] >= 0.55 and m["face_missing"] <= 0.1  # the same person, still a face
-    assert res["different_identity"] < 0.3
-    assert m["latency_s_128px"] < 2.0  # generous here (loaded CI box); the 0.5 s figure comes from --evaluate
-
-
-def test_registry_cli_and_app_default_to_the_shipped_demo_model_offline(tmp_path, monkeypatch):
-    from instantportrait.methods.sources import open_editor, resolve_source
-
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    source = resolve_source("ipnet")
-    assert source.kind == "demo" and source.location == str(SHIPPED / "ipnet") and source.resolution == 64
-    assert resolve_source("idenet").kind == "demo"
-    editor, _ = open_editor("ipnet-2step")
-    assert editor.resolution == 64 and editor.model_override == str(SHIPPED / "ipnet")
 
 
 def test_demo_editor_test_people_were_never_seen_by_the_demo_scorers():

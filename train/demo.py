@@ -5,7 +5,7 @@ Train the offline demo editors of the synthetic portrait world with the project'
 1. export paired edits of the world's *train* identities (64 px, ``World.export_pairs``);
 2. build a world-sized InstructPix2Pix-format base: a small ``AutoencoderKL`` (2x downscale, 32x32x4 latents; a 4x
    one loses the 2-3 px eyes and mouths that make a synthetic identity: its reconstructions scored 0.49 identity
-   cosine against the source, this one 0.84) trained as an autoencoder on the exported images, face boxes weighted
+   cosine against the source, this one 0.82) trained as an autoencoder on the exported images, face boxes weighted
    ``vae_face_weight`` times (its ``scaling_factor`` fitted to unit-variance latents, as SD's 0.18215 was); a
    tokenizer whose vocabulary holds every word of the world's instructions as one token; a tiny ``CLIPTextModel``
    with *frozen random* weights: a fixed, injective (distinct tokens -> distinct embeddings, checked) map from

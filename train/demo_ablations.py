@@ -150,9 +150,14 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
         writer.writeheader()
         writer.writerows(rows)
     table = format_eval(res)
-    header = (f"# Toy ablations on the synthetic world\n\nIDE-Net variants: {idenet_steps} steps each from the "
-              f"world's base; IPNet variants: {ipnet_steps} steps each, distilled from the demo run's IDE-Net. "
-              f"Made by `python -m train.demo_ablations --work {work}`.\n\n")
+    parts = []
+    if only in (None, "idenet"):
+        parts.append(f"IDE-Net variants: {idenet_steps} steps each from the world's base.")
+    if only in (None, "ipnet"):
+        parts.append(f"IPNet variants: {ipnet_steps} steps each, distilled from the demo run's IDE-Net.")
+    flags = f" --only {only}" if only else ""
+    header = (f"# Toy ablations on the synthetic world\n\n{' '.join(parts)} Made by "
+              f"`python -m train.demo_ablations --work {work}{flags}`.\n\n")
     (out / "ablations.md").write_text(header + table + "\n")
     (out / "ablations.json").write_text(json.dumps({"rows": rows, "evaluation": res, "train_seconds": times},
                                                    indent=1) + "\n")

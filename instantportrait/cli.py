@@ -85,7 +85,6 @@ def cmd_edit(args: argparse.Namespace) -> int:
                                      device=args.device, dtype=dtype)
         if source.kind == "demo":
             print(demo_notice(source), file=sys.stderr)
-        editor.check_available()
         t0 = time.perf_counter()
         editor.load()
         load_s = time.perf_counter() - t0

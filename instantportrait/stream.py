@@ -96,7 +96,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
                                      device=args.device, dtype=getattr(torch, args.dtype))
         if source.kind == "demo":
             print(demo_notice(source), file=sys.stderr)
-        editor.check_available()
         pipe = editor.pipeline
         if args.tiny_decoder:
             pipe.use_tiny_decoder(args.tiny_decoder)

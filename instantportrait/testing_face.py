@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -223,3 +224,20 @@ def build_tiny_face_pack(folder: str | Path, embed_dim: int = REC_EMBED_DIM, see
         export_tiny_detector(folder / DET_FILE)
         export_tiny_recognizer(folder / REC_FILE, embed_dim, seed)
     return folder
+
+
+def drawn_face(size: int = 256, *, background: tuple[int, int, int] = (70, 110, 160),
+               skin: tuple[int, int, int] = (224, 172, 140), eye: tuple[int, int, int] = (30, 30, 30),
+               eye_dx: int = 23) -> Any:
+    """A skin-coloured ellipse with dark eyes and a mouth on a plain background (RGB PIL image): the face the tiny
+    detector of :func:`build_tiny_face_pack` finds. Geometry in units of a 256-px canvas (eyes at +-``eye_dx``)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), background)
+    d = ImageDraw.Draw(img)
+    c, s = size / 2, size / 256
+    d.ellipse([c - 60 * s, c - 80 * s, c + 60 * s, c + 80 * s], fill=skin)
+    for dx in (-eye_dx, eye_dx):
+        d.ellipse([c + (dx - 7) * s, c - 25 * s, c + (dx + 7) * s, c - 11 * s], fill=eye)
+    d.ellipse([c - 22 * s, c + 34 * s, c + 22 * s, c + 50 * s], fill=(150, 60, 60))
+    return img

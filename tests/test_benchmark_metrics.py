@@ -8,22 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from benchmark import metrics, store
 from benchmark.cli import parse_overrides, parse_per_method, parse_resolution
 from benchmark.data import DEFAULT_INSTRUCTIONS, load_instructions
-
-
-def drawn_face(size: int = 128) -> Image.Image:
-    img = Image.new("RGB", (size, size), (70, 110, 160))
-    d = ImageDraw.Draw(img)
-    c, s = size / 2, size / 256
-    d.ellipse([c - 60 * s, c - 80 * s, c + 60 * s, c + 80 * s], fill=(224, 172, 140))
-    for dx in (-23, 23):
-        d.ellipse([c + (dx - 7) * s, c - 25 * s, c + (dx + 7) * s, c - 11 * s], fill=(30, 30, 30))
-    d.ellipse([c - 22 * s, c + 34 * s, c + 22 * s, c + 50 * s], fill=(150, 60, 60))
-    return img
+from instantportrait.testing_face import drawn_face
 
 
 # ------------------------------------------------------------------------------------------------------ row metrics
@@ -78,7 +68,7 @@ def test_faceless_output_and_source_are_recorded(scorer, astronaut_image):
     blank = Image.new("RGB", (128, 128), (128, 128, 128))
     row = scorer.score("astro", astronaut_image.resize((128, 128)), blank, "x")
     assert row["id_sim"] is None and row["no_face_output"] is True and row["no_face_source"] is False
-    row = scorer.score("blank", blank, drawn_face(), "x")
+    row = scorer.score("blank", blank, drawn_face(128), "x")
     assert row["id_sim"] is None and row["no_face_source"] is True and row["no_face_output"] is False
     assert -1.0 <= row["clip_t"] <= 1.0
 

@@ -11,31 +11,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from benchmark import store
 from benchmark.cli import main
 from benchmark.runner import BenchmarkConfig, Dist, run_benchmark
 from benchmark.scoring import ScoringConfig
 from instantportrait.methods import Editor, registry
-
-
-def drawn_face(size: int = 128) -> Image.Image:
-    img = Image.new("RGB", (size, size), (70, 110, 160))
-    d = ImageDraw.Draw(img)
-    c, s = size / 2, size / 256
-    d.ellipse([c - 60 * s, c - 80 * s, c + 60 * s, c + 80 * s], fill=(224, 172, 140))
-    for dx in (-23, 23):
-        d.ellipse([c + (dx - 7) * s, c - 25 * s, c + (dx + 7) * s, c - 11 * s], fill=(30, 30, 30))
-    d.ellipse([c - 22 * s, c + 34 * s, c + 22 * s, c + 50 * s], fill=(150, 60, 60))
-    return img
+from instantportrait.testing_face import drawn_face
 
 
 @pytest.fixture(scope="module")
 def images_dir(tmp_path_factory, astronaut_image) -> Path:
     folder = tmp_path_factory.mktemp("portraits")
     astronaut_image.resize((128, 128)).save(folder / "astronaut.png")
-    drawn_face().save(folder / "drawn.png")
+    drawn_face(128).save(folder / "drawn.png")
     Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / "blank.png")
     (folder / "notes.png").write_bytes(b"not an image")  # skipped and recorded, not fatal
     return folder

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from instantportrait.methods import Editor, registry
+from instantportrait.testing_face import drawn_face as _drawn_face
 from train import build_dataset as bd
 from train.instructions import CATEGORIES, COMBO, TEMPLATES, EditInstruction, load_instructions, template_instructions
 
@@ -22,15 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def drawn_face(size: int, background: tuple[int, int, int], skin=(224, 172, 140)) -> Image.Image:
-    """A skin-coloured ellipse with dark eyes and a mouth on a plain background (the tiny detector finds it)."""
-    image = Image.new("RGB", (size, size), background)
-    d = ImageDraw.Draw(image)
-    s, c = size / 256, size / 2
-    d.ellipse([c - 60 * s, c - 80 * s, c + 60 * s, c + 80 * s], fill=skin)
-    for dx in (-25, 25):
-        d.ellipse([c + (dx - 7) * s, c - 25 * s, c + (dx + 7) * s, c - 11 * s], fill=(30, 30, 30))
-    d.ellipse([c - 22 * s, c + 34 * s, c + 22 * s, c + 50 * s], fill=(150, 60, 60))
-    return image
+    return _drawn_face(size, background=background, skin=skin, eye_dx=25)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from instantportrait.errors import InvalidImageError, ModelNotAvailableError, NoFaceError
 from instantportrait.face import FaceEncoder, FaceResult, resolve_pack, to_bgr
 from instantportrait.testing_face import DET_FILE, REC_EMBED_DIM, REC_FILE, build_tiny_face_pack
+from instantportrait.testing_face import drawn_face as _drawn_face
 
 # insightface's face_align calls a scikit-image API deprecated in 0.26; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
@@ -30,15 +31,8 @@ def iou(a, b) -> float:
 
 
 def drawn_face(size: int = 256, skin=(224, 172, 140), background=(70, 110, 160), eye=(30, 30, 30)) -> np.ndarray:
-    """A skin-coloured ellipse with dark eyes and a mouth on a plain background, RGB uint8."""
-    img = Image.new("RGB", (size, size), background)
-    d = ImageDraw.Draw(img)
-    c, s = size / 2, size / 256
-    d.ellipse([c - 60 * s, c - 80 * s, c + 60 * s, c + 80 * s], fill=skin)
-    for dx in (-23, 23):
-        d.ellipse([c + (dx - 7) * s, c - 25 * s, c + (dx + 7) * s, c - 11 * s], fill=eye)
-    d.ellipse([c - 22 * s, c + 34 * s, c + 22 * s, c + 50 * s], fill=(150, 60, 60))
-    return np.asarray(img)
+    """The shared drawn face as an RGB uint8 array."""
+    return np.asarray(_drawn_face(size, background=background, skin=skin, eye=eye))
 
 
 @pytest.fixture(autouse=True)

@@ -91,7 +91,7 @@ class RealtimeConfig:
     ip2p_steps: tuple[int, ...] = (100, 20)  # the first is reported as InstructPix2Pix's default
     ip2p_warmup: int = 1
     ip2p_repeats: int = 3
-    channels_last: bool = True
+    channels_last: bool = False
     fuse_qkv: bool = False
     compile: bool = False
     compile_mode: str = "reduce-overhead"
@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'none' skips it)")
     p.add_argument("--ip2p-warmup", type=int, default=1)
     p.add_argument("--ip2p-repeats", type=int, default=3)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--fuse-qkv", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and the VAE decoder")
     p.add_argument("--compile-mode", default="reduce-overhead",

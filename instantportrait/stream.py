@@ -160,7 +160,7 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile UNet and decoder (CUDA graphs on GPU; the first batch compiles, and a last "
                         "partial batch compiles once more)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--fuse-qkv", action="store_true", help="fuse attention q/k/v projections")
     p.add_argument("--tiny-decoder", default=None, metavar="FOLDER",
                    help="decode with a distilled tiny decoder (train/train_tiny_decoder.py)")

@@ -59,12 +59,12 @@ def test_sweep_figures_agree(tmp_path, capsys):
     # what produced the numbers is written in
     meta, cold = result["meta"], result["cold_start"]
     assert meta["device_name"].startswith("CPU") and meta["dtype"] == "float32"
-    assert meta["switches"] == {"channels_last": True, "fuse_qkv": False, "compile": False,
+    assert meta["switches"] == {"channels_last": False, "fuse_qkv": False, "compile": False,
                                 "compile_mode": "reduce-overhead", "upcast_vae": False}
     assert meta["environment"]["versions"]["torch"] == torch.__version__.split("+")[0]
     assert cold["load_s"] > 0 and cold["first_call_ms"] == result["rows"][0]["first_call_ms"]
     md = (tmp_path / "rt" / "realtime.md").read_text()
-    for text in ("CPU", "float32", "channels_last=True", "diffusers", "Text encoding", "InstructPix2Pix 2 steps",
+    for text in ("CPU", "float32", "channels_last=False", "diffusers", "Text encoding", "InstructPix2Pix 2 steps",
                  "Cold start"):
         assert text in md, text
     line = capsys.readouterr().out.splitlines()[0]

@@ -143,7 +143,7 @@ def test_stream_fast_path_switches(tmp_path, tiny_ipnet, capsys):
         return [np.asarray(PIL.Image.open(p), dtype=np.float32) for p in sorted((tmp_path / name).iterdir())]
 
     plain = run_to("plain", "--no-channels-last")
-    fused = run_to("fused", "--fuse-qkv")
+    fused = run_to("fused", "--fuse-qkv", "--channels-last")
     assert all(np.abs(a - b).max() <= 2.0 for a, b in zip(plain, fused))
     torch_vae = AutoencoderKL.from_pretrained(tiny_ipnet / "vae")
     save_tiny_decoder(build_tiny_decoder(torch_vae.config), tmp_path / "tiny_dec")

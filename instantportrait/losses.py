@@ -413,6 +413,48 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, *, space: st
     return loss, logs
 
 
+def box_weight_map(boxes: torch.Tensor, image_size: tuple[int, int], map_size: tuple[int, int], weight: float, *,
+                   expand: float = 1.0) -> torch.Tensor:
+    """(B, 1, h, w) per-position weights: ``weight`` where a position of the ``map_size`` grid (e.g. latents) falls
+    inside the sample's box (scaled by ``expand`` about its centre), 1 elsewhere.
+
+    Args:
+        boxes: (B, 4) ``x0, y0, x1, y1`` in pixels of an ``image_size`` (H, W) image.
+    """
+    (hi, wi), (h, w) = image_size, map_size
+    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) / 2 * expand  # (B, 2) each
+    boxes = torch.cat([centre - half, centre + half], dim=1)  # (B, 4)
+    ys = (torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5) * (hi / h)  # (h,) pixel centre rows
+    xs = (torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5) * (wi / w)  # (w,)
+    b = boxes.float()
+    inside_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] < b[:, 3:4])  # (B, h)
+    inside_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] < b[:, 2:3])  # (B, w)
+    inside = inside_y[:, :, None] & inside_x[:, None, :]  # (B, h, w)
+    return torch.where(inside, float(weight), 1.0)[:, None]  # (B, 1, h, w)
+
+
+def paired_regression_loss(student: torch.Tensor, target: torch.Tensor, weight_map: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, Logs]:
+    """``L_pair`` (ours, not the paper's): weighted mean squared error of the student's output against the pair's own
+    target, ``Σ w·(s − t)² / (C · Σ w)``; with no ``weight_map`` the plain MSE.
+
+    Args:
+        student, target: (B, C, h, w) scaled latents; ``target`` is detached.
+        weight_map: (B, 1, h, w) non-negative weights (e.g. :func:`box_weight_map` around the face).
+    """
+    if student.shape != target.shape:
+        raise ValueError(f"student {tuple(student.shape)} and target {tuple(target.shape)} shapes differ")
+    err = (student.float() - target.detach().float()) ** 2  # (B, C, h, w)
+    if weight_map is None:
+        loss = err.mean()
+    else:
+        if weight_map.shape != (err.shape[0], 1, *err.shape[2:]):
+            raise ValueError(f"weight_map must be {(err.shape[0], 1, *err.shape[2:])}, got {tuple(weight_map.shape)}")
+        w = weight_map.float()
+        loss = (err * w).sum() / (w.sum() * err.shape[1])
+    return loss, {"pair_loss": _f(loss)}
+
+
 def sds_loss(student_latents: torch.Tensor, source_latents: torch.Tensor, prompt_embeds: torch.Tensor,
              uncond_prompt_embeds: torch.Tensor | None, teacher_unet: Any, alphas_cumprod: Any,
              timesteps: torch.Tensor, noise: torch.Tensor, *, text_guidance: float = 7.5, image_guidance: float = 1.5,

@@ -17,6 +17,7 @@ from instantportrait.losses import (
     annealing_identity_weight,
     arcface_align,
     arcface_template,
+    box_weight_map,
     constant_identity_weight,
     distillation_loss,
     epsilon_loss,
@@ -27,6 +28,7 @@ from instantportrait.losses import (
     lpips_like_distance,
     nonsaturating_d_loss,
     nonsaturating_g_loss,
+    paired_regression_loss,
     sds_loss,
     similarity_transform,
     triplet_loss,
@@ -243,6 +245,39 @@ def test_unet_feature_discriminator_on_the_sd15_architecture(alphas):
 
 
 # ---------------------------------------------------------------------------------------------------- distillation
+def test_box_weight_map_and_paired_regression_loss():
+    # a 64-px image, 8x8 latents (8 px each): the box (16, 8)-(40, 32) covers latent columns 2..4 and rows 1..3
+    boxes = torch.tensor([[16.0, 8.0, 40.0, 32.0], [0.0, 0.0, 64.0, 64.0]])
+    w = box_weight_map(boxes, (64, 64), (8, 8), 4.0)
+    assert w.shape == (2, 1, 8, 8)
+    expect = torch.ones(8, 8)
+    expect[1:4, 2:5] = 4.0
+    torch.testing.assert_close(w[0, 0], expect)
+    assert (w[1] == 4.0).all()  # the whole image
+    grown = box_weight_map(boxes[:1], (64, 64), (8, 8), 4.0, expand=2.0)  # (4, -4)-(52, 44): columns 0..6, rows 0..5
+    assert int((grown == 4.0).sum()) == 7 * 6
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 4, 8, 8, generator=g).requires_grad_(True)
+    t = torch.randn(2, 4, 8, 8, generator=g).requires_grad_(True)
+    plain, logs = paired_regression_loss(s, t)
+    assert plain.item() == pytest.approx(F.mse_loss(s, t).item(), rel=1e-6) and logs["pair_loss"] == plain.item()
+    uniform, _ = paired_regression_loss(s, t, torch.full((2, 1, 8, 8), 3.0))
+    assert uniform.item() == pytest.approx(plain.item(), rel=1e-6)  # a constant weight changes nothing
+    weighted, _ = paired_regression_loss(s, t, w)
+    err = ((s - t) ** 2).mean(dim=1, keepdim=True)  # (2, 1, 8, 8)
+    assert weighted.item() == pytest.approx(((err * w).sum() / w.sum()).item(), rel=1e-6)
+    only_face = s.detach().clone()
+    only_face[0, :, 1:4, 2:5] = t.detach()[0, :, 1:4, 2:5]  # fix the face of sample 0: the weighted loss drops more
+    assert paired_regression_loss(only_face, t, w)[0] / weighted < paired_regression_loss(only_face, t)[0] / plain
+    weighted.backward()
+    assert s.grad is not None and t.grad is None  # the pair's target is a target
+    with pytest.raises(ValueError, match="weight_map"):
+        paired_regression_loss(s, t, torch.ones(2, 1, 4, 4))
+    with pytest.raises(ValueError, match="shapes differ"):
+        paired_regression_loss(s, t[:, :3])
+
+
 def test_distillation_losses():
     g = torch.Generator().manual_seed(0)
     s = torch.randn(2, 4, 8, 8, generator=g).requires_grad_(True)

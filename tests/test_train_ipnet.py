@@ -91,6 +91,48 @@ def test_discriminator_turn_trains_the_heads_only(tmp_path, tiny_ip2p, pairs, ti
         wrapper(batch, "critic", step_generator(0, "d", 1, 0, 0))
 
 
+def test_pair_term_is_the_latent_l2_to_the_pairs_own_target(tmp_path, tiny_ip2p, pairs, tiny_face_pack):
+    """``pair`` regresses the one-step output onto the pair's target latents; it needs no teacher pass, and the
+    student it trains moves toward the target (the loss falls over a few optimiser steps on one batch)."""
+    import torch.nn.functional as F
+
+    cfg = _cfg(tiny_ip2p, pairs, tiny_face_pack, tmp_path, weights=LossWeights(adv=0, distill=0, sds=0, triplet=0,
+                                                                                identity=0, pair=1.0))
+    wrapper, _, _ = train_ipnet.build_wrapper(cfg, torch.device("cpu"))
+    assert wrapper.discriminator is None and wrapper.arcface is None
+    batch = _batch(pairs)
+    enc = wrapper.encode(batch)
+    with torch.no_grad():
+        x0 = wrapper.student(enc["src_latents"], enc["prompt"], step_generator(0, "g", 1, 0, 0))
+        losses, logs = wrapper(batch, "generator", step_generator(0, "g", 1, 0, 0))
+    assert set(losses) == {"pair"} and "teacher_latents" not in wrapper._targets(batch, enc, None)
+    torch.testing.assert_close(losses["pair"], F.mse_loss(x0, enc["tgt_latents"]))
+    assert logs["pair_loss"] == pytest.approx(float(losses["pair"]))
+    opt = torch.optim.Adam(wrapper.student_unet.parameters(), lr=1e-3)
+    first = None
+    for _ in range(8):
+        opt.zero_grad()
+        loss = wrapper(batch, "generator", step_generator(0, "g", 1, 0, 0))[0]["pair"]
+        first = float(loss.detach()) if first is None else first
+        loss.backward()
+        opt.step()
+    assert float(wrapper(batch, "generator", step_generator(0, "g", 1, 0, 0))[0]["pair"]) < 0.8 * first
+    # pair_face_weight: the same squared errors, weighted up inside the face box (from the batch's boxes/landmarks)
+    from dataclasses import replace
+
+    from instantportrait.data import face_boxes
+    from instantportrait.losses import box_weight_map, paired_regression_loss
+
+    wrapper.settings = replace(wrapper.settings, pair_face_weight=4.0)
+    with torch.no_grad():
+        x0 = wrapper.student(enc["src_latents"], enc["prompt"], step_generator(0, "g", 1, 0, 0))
+        weighted = wrapper(batch, "generator", step_generator(0, "g", 1, 0, 0))[0]["pair"]
+    boxes = face_boxes(batch["source_bbox"].float(), batch["source_kps"].float(), (32, 32))
+    wmap = box_weight_map(boxes, (32, 32), tuple(x0.shape[-2:]), 4.0, expand=cfg.face_crop_expand)
+    assert 1.0 < float(wmap.max()) and float(wmap.min()) == 1.0  # a face box that is not the whole image
+    torch.testing.assert_close(weighted, paired_regression_loss(x0, enc["tgt_latents"], wmap)[0])
+
+
 def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, tiny_ip2p, pairs, tiny_face_pack,
                                                            tiny_clip_file):
     # uninterrupted, with one-step validation edits scored by the tiny face pack and CLIP at steps 2 and 4

@@ -172,6 +172,8 @@ class LossWeights:
     sds: float = _help("L_sds", default=0.0)
     triplet: float = _help("L_triplet (Facial-Style Enhancing)", default=0.1)
     identity: float = _help("identity loss on the student output", default=0.5)
+    pair: float = _help("L_pair: latent L2 onto the pair's own target (not in the paper; the toy demo uses it)",
+                        default=0.0)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -230,7 +232,9 @@ class IPNetConfig(TrainConfig):
                                   default="auto")
     triplet_margin: float = _help("triplet margin", default=0.2)
     triplet_distance: str = _help("cosine | l2", default="cosine")
-    face_crop_expand: float = _help("face box scale for the triplet crop", default=1.2)
+    face_crop_expand: float = _help("face box scale for the triplet crop and the L_pair face weighting", default=1.2)
+    pair_face_weight: float = _help("L_pair weight inside the face box relative to outside (1: uniform)",
+                                    default=1.0)
     # identity
     identity_model: str = _help("insightface recognition ONNX for the identity loss, or 'none'",
                                 default=DEFAULT_IDENTITY_MODEL)
@@ -256,7 +260,7 @@ class IPNetConfig(TrainConfig):
             raise ValueError("weights.identity > 0 needs an identity_model (an insightface recognition ONNX)")
         for name in ("disc_hidden", "gen_update_ratio", "teacher_steps", "disc_learning_rate"):
             _positive(name, getattr(self, name))
-        for name in ("two_step_weight", "triplet_margin", "face_crop_expand"):
+        for name in ("two_step_weight", "triplet_margin", "face_crop_expand", "pair_face_weight"):
             _positive(name, getattr(self, name), zero_ok=True)
         if self.inversion_steps is not None:
             _positive("inversion_steps", self.inversion_steps)

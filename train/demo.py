@@ -13,7 +13,10 @@ Train the offline demo editors of the synthetic portrait world with the project'
    freshly initialised 8-channel UNet (attention at its 8x8 level only);
 3. ``train_idenet.train`` with ``train/configs/demo_idenet.yaml`` (ε loss + the annealing identity loss through the
    demo face pack's recognition ONNX when ``<out>/face_pack`` holds one, else ``identity_weighting: none``);
-4. ``train_ipnet.train`` with ``train/configs/demo_ipnet.yaml`` (IPNet distilled from that IDE-Net);
+4. ``train_ipnet.train`` with ``train/configs/demo_ipnet.yaml``: IPNet initialised from that IDE-Net, trained with
+   ``L_adv`` (a discriminator on the frozen IDE-Net's features), identity and ``L_pair`` (latent L2 onto the pair's
+   rendered target; not a paper term: the toy teacher's own samples are further from the targets than the source,
+   so regressing onto them cannot pass the L1 bar, see the config's header and BENCHMARKS.md §5);
 5. copy both into ``<out>/idenet`` and ``<out>/ipnet`` (fp16 safetensors; diffusers upcasts on load when asked for
    float32) with toy-model cards, evaluate on the held-out *test* identities, and ship them only when IPNet's
    one-step L1 to the rendered target is at least ``--ship-bar`` (20%) below the unchanged source's.
@@ -196,6 +199,13 @@ def to_fp16_folder(src: Path, dst: Path) -> None:
         save_file(tensors, f, metadata={"format": "pt"})
 
 
+def ipnet_recipe(cfg: IPNetConfig) -> str:
+    """The IPNet objective in words, for the model card (``L_pair`` flagged as not one of the paper's terms)."""
+    names = {"adv": "L_adv", "distill": "L_distill", "sds": "L_sds", "triplet": "L_triplet", "identity": "identity",
+             "pair": "L_pair (latent L2 onto the rendered target; not a paper term, see the config's header)"}
+    return " + ".join(f"{w:g}·{names[k]}" for k, w in cfg.weights.active().items())
+
+
 TOY_CARD = """# {title} — TOY demo model (synthetic data)
 
 **This is a toy model.** It was trained in minutes on CPU by `python -m train.demo` on {pairs} procedurally rendered
@@ -209,15 +219,16 @@ What it cannot do: edit real photographs, understand words outside the world's v
 byte tokens it never saw), produce detail beyond 64 px, or preserve a real person's identity. Its text encoder is a
 frozen *random* tiny CLIP text model (a fixed injective embedding the UNet learned to read), its VAE a 2x
 autoencoder trained on the world's images only. Weights are stored in fp16 (load with `dtype=torch.float32` to
-upcast). Identity loss: {identity}.
+upcast). Identity loss: {identity}. {recipe}
 
 Held-out test identities ({eval_pairs} pairs): {numbers}
 """
 
 
-def write_card(folder: Path, title: str, trainer: str, cfg: DemoConfig, identity: str, numbers: str) -> None:
+def write_card(folder: Path, title: str, trainer: str, cfg: DemoConfig, identity: str, numbers: str,
+               recipe: str = "") -> None:
     text = TOY_CARD.format(title=title, pairs=cfg.train_pairs, seed=cfg.seed, trainer=trainer, identity=identity,
-                           eval_pairs=cfg.eval_pairs, numbers=numbers)
+                           eval_pairs=cfg.eval_pairs, numbers=numbers, recipe=recipe)
     old = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
     (folder / "README.md").write_text(text + ("\n---\n\n## Trainer's card\n\n" + old if old else ""))
 
@@ -460,10 +471,13 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     print(json.dumps({"times_s": times, "improvement": res["improvement"], "acceptance": res["acceptance"]}),
           flush=True)
     if res["shipped"]:
+        recipes = {"idenet": f"Objective: the ε loss with conditioning dropout, {icfg.max_train_steps} steps.",
+                   "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, initialised from the "
+                            "IDE-Net above."}
         for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
                               ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet.yaml")):
             write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg, identity,
-                       "\n\n" + numbers + "\n")
+                       "\n\n" + numbers + "\n", recipes[name])
             if (out / name).exists():
                 shutil.rmtree(out / name)
             shutil.copytree(staged / name, out / name)

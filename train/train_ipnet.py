@@ -15,7 +15,11 @@ generator=...)`` returns ``(loss_dict, log_dict)``; this trainer applies the wei
   features: CLIP image features (``ClipScorer.image_features_differentiable``) when ``clip`` is configured, else
   pooled VAE-encoder features (the fallback; the run log says which);
 * ``identity`` ``1 - cos`` of ArcFace embeddings of the student output and the source, aligned with the source's
-  landmarks (samples without a face excluded).
+  landmarks (samples without a face excluded);
+* ``pair``     latent L2 onto the pair's own target, the data IDE-Net was fine-tuned on and the discriminator's "real"
+  side, ``pair_face_weight`` times heavier on the (``face_crop_expand``-scaled) face box (not one of the paper's
+  terms, default 0: the toy demo needs it because its small teacher's samples are further from the rendered targets
+  than the unchanged source, BENCHMARKS.md §5).
 
 The discriminator steps every iteration on (real target, detached student output); the student every
 ``gen_update_ratio`` iterations. ``two_step`` also trains the student applied to its own (detached) output, as the
@@ -42,6 +46,7 @@ from instantportrait.data import face_boxes
 from instantportrait.inversion import teacher_target
 from instantportrait.losses import (
     UNetFeatureDiscriminator,
+    box_weight_map,
     distillation_loss,
     face_region_crop,
     hinge_d_loss,
@@ -49,6 +54,7 @@ from instantportrait.losses import (
     identity_loss,
     nonsaturating_d_loss,
     nonsaturating_g_loss,
+    paired_regression_loss,
     sds_loss,
     triplet_loss,
     vae_encoder_feature_fn,
@@ -86,7 +92,7 @@ from .common import (
 from .config import CONFIG_FILE, IPNetConfig, config_to_dict, parse_config, save_config
 
 DISC_FILE = "discriminator.safetensors"
-LOSS_TERMS = ("adv", "distill", "sds", "triplet", "identity")
+LOSS_TERMS = ("adv", "distill", "sds", "triplet", "identity", "pair")
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 # ---------------------------------------------------------------------------------------------------- discriminators
@@ -145,6 +151,7 @@ class IPNetLossSettings:
     triplet_distance: str
     face_crop_expand: float
     triplet_crop_size: int
+    pair_face_weight: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: IPNetConfig, triplet_crop_size: int) -> IPNetLossSettings:
@@ -157,7 +164,7 @@ class IPNetLossSettings:
             sds_text_guidance=cfg.sds_text_guidance, sds_image_guidance=cfg.sds_image_guidance,
             sds_weighting=cfg.sds_weighting, triplet_margin=cfg.triplet_margin,
             triplet_distance=cfg.triplet_distance, face_crop_expand=cfg.face_crop_expand,
-            triplet_crop_size=triplet_crop_size)
+            triplet_crop_size=triplet_crop_size, pair_face_weight=cfg.pair_face_weight)
 
     def uses(self, term: str) -> bool:
         return self.weights.get(term, 0.0) > 0
@@ -343,6 +350,15 @@ class IPNetWrapper(nn.Module):
                     pixels, ctx["teacher_pixels"], space="pixel", kind=s.distill_kind,
                     perceptual_fn=vae_encoder_feature_fn(self.vae))
             logs.update(d_logs)
+        if s.uses("pair"):
+            weight_map = None
+            if s.pair_face_weight != 1.0:
+                size = tuple(batch["source"].shape[-2:])
+                boxes = face_boxes(batch["source_bbox"].float(), batch["source_kps"].float(), size)  # (B, 4)
+                weight_map = box_weight_map(boxes, size, tuple(out.shape[-2:]), s.pair_face_weight,
+                                            expand=s.face_crop_expand)  # (B, 1, h, w)
+            losses["pair"], p_logs = paired_regression_loss(out, enc["tgt_latents"], weight_map)
+            logs.update(p_logs)
         if s.uses("sds"):
             t = self._rand_t(s.sds_t_range, b, generator, out.device)  # (B,)
             noise = torch.randn(out.shape, generator=generator, device=out.device)  # (B, 4, h, w)

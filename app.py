@@ -31,7 +31,7 @@ from instantportrait.app import (  # noqa: E402
     settings_from_args,
     zero_gpu,
 )
-from instantportrait.examples import write_examples  # noqa: E402
+from instantportrait.examples import write_demo_world_examples, write_examples  # noqa: E402
 
 logger = logging.getLogger("instantportrait.app")
 
@@ -134,6 +134,11 @@ def build_demo(service: EditService) -> gr.Blocks:
                                      wrap=True, column_widths=["17%", "15%", "12%", "10%", "9%", "9%", "28%"])
         gr.Examples([[str(path), text] for path, text in examples], inputs=[image, instruction],
                     label="Examples (instructions from the paper's poster)", cache_examples=False)
+        if any(s.kind == "demo" for s in service.sources.values()):
+            world = write_demo_world_examples(service.work_dir / "examples")
+            gr.Examples([[str(path), text] for path, text in world], inputs=[image, instruction],
+                        label="Examples for the toy demo models (held-out synthetic people, in the words they were "
+                              "trained on)", cache_examples=False)
 
         def edit(image_path: Any, text: str | None, selected: list[str] | None, seed_value: Any, steps_value: Any,
                  guidance_value: Any, image_guidance_value: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:

@@ -106,6 +106,32 @@ def write_examples(folder: str | Path) -> list[tuple[Path, str]]:
     return [(paths[i % len(paths)], text) for i, text in enumerate(POSTER_INSTRUCTIONS)]
 
 
+def write_demo_world_examples(folder: str | Path, n: int = 6, size: int = 128) -> list[tuple[Path, str]]:
+    """Examples for the toy demo models: ``n`` held-out *test* people of the demo world (the one the demo editors were
+    scored on, never trained on) at ``size`` px with their own instructions, in the world's words (the only words a
+    demo model was trained on). Rows ``(portrait path, instruction)``, one category after another."""
+    from .synthetic import World
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    world = World(0, 120, size=size)
+    rows, seen = [], set()
+    index = 0
+    while len(rows) < n and index < 20 * n:  # one example per edit category first
+        sample = world.sample("test", index)
+        index += 1
+        if sample.category in seen and len(seen) < 6:
+            continue
+        seen.add(sample.category)
+        path = folder / f"demo-world-{index - 1}.png"
+        if not path.is_file():
+            tmp = path.with_suffix(".part.png")
+            sample.source.save(tmp)
+            tmp.replace(path)
+        rows.append((path, sample.instruction))
+    return rows
+
+
 def two_faces(size: int = 256) -> PIL.Image.Image:
     """A drawn portrait and a smaller one side by side (``2 * size`` x ``size``): for 'several faces' handling."""
     canvas = PIL.Image.new("RGB", (2 * size, size), DRAWN_STYLES["drawn-a"][3])

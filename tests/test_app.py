@@ -430,6 +430,22 @@ def test_examples_are_written_once_with_the_poster_instructions(tmp_path):
     assert drawn_portrait("drawn-b").size == (256, 256)
 
 
+def test_demo_world_examples_are_held_out_people_in_the_worlds_words(tmp_path):
+    from instantportrait.examples import write_demo_world_examples
+    from instantportrait.synthetic import World
+    from instantportrait.synthetic.world import parse_instruction
+
+    rows = write_demo_world_examples(tmp_path, n=6)
+    world = World(0, 120, size=128)
+    samples = [world.sample("test", int(p.stem.rsplit("-", 1)[1])) for p, _ in rows]
+    assert [s.instruction for s in samples] == [t for _, t in rows]  # each row is that test person's own edit
+    assert len({s.category for s in samples}) == 6  # one of each category first
+    assert all(parse_instruction(t) for _, t in rows)  # in the world's words
+    assert all(PIL.Image.open(p).size == (128, 128) for p, _ in rows)
+    mtime = rows[0][0].stat().st_mtime_ns
+    assert write_demo_world_examples(tmp_path, n=6) == rows and rows[0][0].stat().st_mtime_ns == mtime
+
+
 # ---------------------------------------------------------------------------------------------------------- LRU manager
 def test_manager_loads_lazily_and_evicts_least_recently_used():
     editors = {n: FakeEditor(250) for n in "abcd"}  # 1000 bytes each

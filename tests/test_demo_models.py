@@ -1,9 +1,7 @@
-"""The demo editors (``python -m train.demo``): the quick run end to end, stage reuse, the toy ablation command, and
-the held-out people the editors are scored on.
-
-No demo IPNet / IDE-Net is shipped yet: the latest full run (2x VAE, 3000 IDE-Net + 1000 IPNet steps) did not clear
-the learned-something bar (IPNet 1-step L1 8 % above the unchanged source's; see BENCHMARKS.md §5 and issue #4).
-When one is shipped, it gets a test that its edits move toward the rendered targets on test identities.
+"""The demo editors (``python -m train.demo``): the shipped IDE-Net / IPNet (they learned the world's edits on
+held-out people, fit the size budget, say what they are, and are what the registry serves when the real models are
+missing), the quick run end to end, stage reuse, the toy ablation command, and the held-out people the editors are
+scored on.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import torch
 from train import demo
 
 SHIPPED = Path(__file__).resolve().parents[1] / "instantportrait" / "demo_models"
+EDIT_MARGIN = 0.3  # edits judged present: shipped IPNet minus the unchanged source, at least
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,6 +30,70 @@ def one_thread():
 
 def _l1(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean() / 255.0)
+
+
+def test_shipped_demo_ipnet_learned_the_edits_on_held_out_people():
+    """Issue #4's acceptance, looser and on 24 held-out pairs (the full check on 200 pairs is
+    ``python -m train.demo --evaluate instantportrait/demo_models``): the one-step edit is closer to the rendered
+    target than the unchanged source, the demo CLIP sees the edit far more often than in the source, and the person
+    is still recognisable."""
+    res = demo.evaluate(SHIPPED, n=24, methods=("ipnet",), scorers=demo.DemoScorers.load())
+    src, one = res["rows"]["source (no edit)"], res["rows"]["ipnet"]
+    assert one["l1_to_target"]["all"] < 0.95 * src["l1_to_target"]["all"]
+    assert one["edit_present"] >= src["edit_present"] + EDIT_MARGIN
+    assert one["identity"] >= 0.6 and one["face_missing"] <= 0.1
+    assert res["different_identity"] < 0.3  # the identity scale: other people score low
+
+
+def test_shipped_demo_models_fit_the_budget_and_say_what_they_are():
+    files = [p for p in SHIPPED.rglob("*") if p.is_file() and ".demo_work" not in p.parts]
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20  # weights of all demo models together
+    for name in ("ipnet", "idenet"):
+        card = (SHIPPED / name / "README.md").read_text()
+        assert "TOY demo model" in card and "synthetic" in card
+        assert not list((SHIPPED / name).glob("checkpoint-*"))
+    assert (SHIPPED / "demo_editors_eval.json").is_file()  # the numbers the cards quote, machine-readable
+
+
+def test_registry_serves_the_shipped_demo_model_when_the_real_one_is_missing(tmp_path, monkeypatch):
+    from instantportrait.methods.sources import open_editor, resolve_source
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    for method, folder in (("ipnet", "ipnet"), ("ipnet-2step", "ipnet"), ("idenet", "idenet")):
+        source = resolve_source(method)
+        assert (source.kind, source.location, source.resolution) == ("demo", str(SHIPPED / folder), 64)
+    editor, source = open_editor("ipnet")
+    assert source.kind == "demo" and editor.resolution == 64
+
+
+def test_app_serves_the_shipped_demo_editors_and_their_examples_work(tmp_path, monkeypatch):
+    """A fresh offline machine (no real weights): the app's default sources pick the shipped demo models, the page
+    shows the demo-world examples, and an example edits: the one-step output is closer to that person's rendered
+    target than the input is, and the tile says it is the toy demo model."""
+    import app as app_module
+    from instantportrait.app.logic import EditRequest, EditService
+    from instantportrait.app.settings import AppSettings
+    from instantportrait.examples import write_demo_world_examples
+    from instantportrait.synthetic import World
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    service = EditService.create(AppSettings(work_dir=tmp_path, device="cpu"))
+    assert service.sources["ipnet"].kind == "demo" and service.sources["idenet"].kind == "demo"
+    assert service.sources["magicbrush"].kind == "missing"  # no demo model, no silent tiny stand-in
+    page = app_module.build_demo(service)
+    labels = [c.get("props", {}).get("label") or "" for c in page.config["components"]]
+    assert any("toy demo models" in label for label in labels)
+    rows = write_demo_world_examples(tmp_path / "examples")
+    world = World(0, demo.DemoConfig().num_identities, size=128)
+    samples = [world.sample("test", int(path.stem.rsplit("-", 1)[1])) for path, _ in rows]
+    assert [s.instruction for s in samples] == [text for _, text in rows]
+    # the example with the largest edit (a background or style change; a mustache moves a few pixels only)
+    (path, text), sample = max(zip(rows, samples), key=lambda r: _l1(r[1].source, r[1].target))
+    result = service.run(EditRequest(str(path), text, ("ipnet",)))
+    tile = result.results[0]
+    assert tile.ok and "demo" in tile.caption().lower()
+    assert tile.image.size == sample.source.size
+    assert _l1(tile.image, sample.target) < _l1(sample.source, sample.target)
 
 
 def test_world_words_are_alphabetic_and_sorted(tmp_path):

@@ -254,8 +254,8 @@ def test_box_weight_map_and_paired_regression_loss():
     expect[1:4, 2:5] = 4.0
     torch.testing.assert_close(w[0, 0], expect)
     assert (w[1] == 4.0).all()  # the whole image
-    grown = box_weight_map(boxes[:1], (64, 64), (8, 8), 4.0, expand=2.0)  # (4, -4)-(52, 44): columns 0..6, rows 0..5
-    assert int((grown == 4.0).sum()) == 7 * 6
+    grown = box_weight_map(boxes[:1], (64, 64), (8, 8), 4.0, expand=2.0)  # (4, -4)-(52, 44): columns 0..5, rows 0..4
+    assert int((grown == 4.0).sum()) == 6 * 5 and bool((grown[0, 0, :5, :6] == 4.0).all())
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(2, 4, 8, 8, generator=g).requires_grad_(True)

@@ -176,7 +176,8 @@ def test_train_checkpoint_resume_matches_uninterrupted_run(tmp_path, tiny_ip2p, 
     # the output is an InstantPortraitPipeline the registry loads as `ipnet`; the card holds the config
     out = tmp_path / "full"
     card = json.loads((out / "instantportrait_card.json").read_text())
-    assert card["training"]["weights"] == {"adv": 1.0, "distill": 1.0, "sds": 0.5, "triplet": 0.5, "identity": 0.5}
+    assert card["training"]["weights"] == {"adv": 1.0, "distill": 1.0, "sds": 0.5, "triplet": 0.5, "identity": 0.5,
+                                           "pair": 0.0}
     assert card["training"]["gen_update_ratio"] == 2 and load_config_file(out / "train_config.yaml") == full
     from instantportrait.methods import get_editor
 

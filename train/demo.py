@@ -473,7 +473,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     if res["shipped"]:
         recipes = {"idenet": f"Objective: the ε loss with conditioning dropout, {icfg.max_train_steps} steps.",
                    "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, initialised from the "
-                            "IDE-Net above."}
+                            "demo IDE-Net (`../idenet`)."}
         for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
                               ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet.yaml")):
             write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg, identity,

@@ -4,7 +4,8 @@ Portraits (``--images``): a folder (recursively, sorted; unreadable files are sk
 one image file, a Hugging Face dataset ``owner/name[:split]`` (needs the ``datasets`` package; offline it must be
 cached), ``synthetic:N[:SIZE]`` (N generated images without faces, for timing runs without data), or
 ``demo-world:N[:SIZE]``: the sources of the first N *test-split* samples of the synthetic demo world
-(:data:`DEMO_WORLD`, people never seen by the demo models and scorers in training), SIZE px (default 64).
+(:data:`instantportrait.config.DEMO_WORLD`, people never seen by the demo models and scorers in training), SIZE px
+(default 64).
 
 Instruction files are JSONL, one object a line::
 
@@ -30,13 +31,14 @@ from typing import Any
 
 import PIL.Image
 
+from instantportrait.config import DEMO_WORLD
+
 DEFAULT_INSTRUCTIONS = Path(__file__).with_name("instructions.jsonl")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 HF_PREFIX = "hf://datasets/"
 SYNTHETIC_PREFIX = "synthetic:"
 DEMO_WORLD_SPEC = "demo-world"  # --instructions demo-world; --images demo-world:N[:SIZE]
 DEMO_WORLD_PREFIX = DEMO_WORLD_SPEC + ":"
-DEMO_WORLD = {"seed": 0, "num_identities": 120}  # the world the demo models were trained on (train.demo)
 DEMO_WORLD_SIZE = 64
 DEMO_WORLD_COLORS = {"hat": "red", "shirt_color": "green"}  # the one colour of each coloured edit
 # The demo CLIP learnt "a photo of a person" + the world's edit phrase (train.train_scorers' edit texts), with the bare

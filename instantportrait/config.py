@@ -173,6 +173,7 @@ MODELS: dict[str, ModelSpec] = {
 DEMO_ROOT = Path(__file__).resolve().parent / "demo_models"
 DEMO_FACE_PACK = DEMO_ROOT / "face_pack"
 DEMO_CLIP = DEMO_ROOT / "clip" / "demo_clip.safetensors"
+DEMO_WORLD = {"seed": 0, "num_identities": 120}  # the synthetic world the demo editors were trained on (train.demo)
 
 
 def env_override(key: str) -> str | None:

@@ -88,6 +88,15 @@ def example_portraits() -> dict[str, PIL.Image.Image]:
     return out
 
 
+def _save_once(image: PIL.Image.Image, path: Path) -> Path:
+    """Write ``image`` to ``path`` unless it exists; atomic, so concurrent start-ups never read half a file."""
+    if not path.is_file():
+        tmp = path.with_suffix(".part.png")
+        image.save(tmp)
+        tmp.replace(path)
+    return path
+
+
 def write_examples(folder: str | Path) -> list[tuple[Path, str]]:
     """Write the example portraits as PNGs into ``folder`` and return the rows ``(portrait, instruction)``.
 
@@ -95,14 +104,7 @@ def write_examples(folder: str | Path) -> list[tuple[Path, str]]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, image in example_portraits().items():
-        path = folder / f"{name}.png"
-        if not path.is_file():
-            tmp = path.with_suffix(".part.png")
-            image.save(tmp)
-            tmp.replace(path)  # atomic: concurrent start-ups never read half a file
-        paths.append(path)
+    paths = [_save_once(image, folder / f"{name}.png") for name, image in example_portraits().items()]
     return [(paths[i % len(paths)], text) for i, text in enumerate(POSTER_INSTRUCTIONS)]
 
 
@@ -110,11 +112,12 @@ def write_demo_world_examples(folder: str | Path, n: int = 6, size: int = 128) -
     """Examples for the toy demo models: ``n`` held-out *test* people of the demo world (the one the demo editors were
     scored on, never trained on) at ``size`` px with their own instructions, in the world's words (the only words a
     demo model was trained on). Rows ``(portrait path, instruction)``, one category after another."""
+    from .config import DEMO_WORLD
     from .synthetic import World
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    world = World(0, 120, size=size)
+    world = World(**DEMO_WORLD, size=size)
     rows, seen = [], set()
     index = 0
     while len(rows) < n and index < 20 * n:  # one example per edit category first
@@ -123,12 +126,7 @@ def write_demo_world_examples(folder: str | Path, n: int = 6, size: int = 128) -
         if sample.category in seen and len(seen) < 6:
             continue
         seen.add(sample.category)
-        path = folder / f"demo-world-{index - 1}.png"
-        if not path.is_file():
-            tmp = path.with_suffix(".part.png")
-            sample.source.save(tmp)
-            tmp.replace(path)
-        rows.append((path, sample.instruction))
+        rows.append((_save_once(sample.source, folder / f"demo-world-{index - 1}.png"), sample.instruction))
     return rows
 
 

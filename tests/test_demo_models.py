@@ -113,6 +113,10 @@ def test_quick_run_end_to_end_writes_loadable_fp16_folders(tmp_path):
     res = demo.main(["--out", str(out), "--quick", "--force-ship", "--work", str(tmp_path / "work"),
                      "--eval-pairs", "4"])
     assert res["shipped"]
+    # stage 0: the out folder had no scorers, so the run trained (smoke-sized) ones there and scored with them
+    assert "scorers" in res["times_s"] and (out / "clip" / "demo_clip.safetensors").is_file()
+    assert demo.find_recognition_onnx(out / "face_pack") is not None
+    assert res["acceptance"] is not None and 0.0 <= res["rows"]["ipnet"]["edit_present"] <= 1.0
     assert set(res["rows"]) == {"source (no edit)", "rendered target", "ipnet", "ipnet-2step"}
     assert res["rows"]["rendered target"]["l1_to_target"]["all"] == 0.0  # the reference row is exact
     assert res["rows"]["source (no edit)"]["l1_to_target"]["all"] > 0.0
@@ -123,6 +127,14 @@ def test_quick_run_end_to_end_writes_loadable_fp16_folders(tmp_path):
         weights = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
         assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
         assert not list(folder.glob("checkpoint-*"))
+    # IPNet's second stage started from the L_pair warm-up, which started from IDE-Net
+    from train.config import IPNetConfig, load_config
+
+    stage2 = load_config(IPNetConfig, out / "ipnet" / "train_config.yaml")
+    warm = load_config(IPNetConfig, Path(stage2.student_init) / "train_config.yaml")
+    assert Path(stage2.student_init) == tmp_path / "work" / "ipnet_warmup" and Path(warm.model) == Path(stage2.model)
+    assert warm.weights.active() == {"pair": 1.0} and stage2.weights.active()["adv"] > 0
+    assert "warm-up" in (out / "ipnet" / "README.md").read_text()
     editor = get_editor("ipnet", model=str(out / "ipnet"), resolution=64, dtype=torch.float32)
     editor.load()
     assert next(editor._loaded.unet.parameters()).dtype == torch.float32  # fp16 files upcast on load
@@ -151,8 +163,12 @@ def test_interrupted_run_reuses_finished_stages_and_ablations_start_from_them(tm
     capsys.readouterr()
     second = demo.main(args)
     log = capsys.readouterr().out
-    for stage in ("data", "base", "idenet", "ipnet"):
+    for stage in ("data", "base", "idenet", "ipnet_warmup", "ipnet"):
         assert f"[{stage}] reusing" in log
+    assert "[scorers]" not in log  # the first run left its scorers in --out
+    assert second["reused_stages"] == ["data", "base", "idenet", "ipnet_warmup", "ipnet"]
+    assert {k: second["times_s"][k] for k in second["reused_stages"]} == \
+        {k: first["times_s"][k] for k in second["reused_stages"]}  # the seconds recorded when they ran
     assert {p.name: p.stat().st_mtime_ns for p in (work / "ipnet" / "unet").iterdir()} == stamp
     assert second["rows"]["ipnet"]["l1_to_target"] == first["rows"]["ipnet"]["l1_to_target"]  # same model, same output
 

@@ -1,7 +1,8 @@
 """python -m train.demo --out instantportrait/demo_models [--seed 0] [--quick]
 
-Train the offline demo editors of the synthetic portrait world with the project's real trainers:
+Train the offline demo models of the synthetic portrait world with the project's real trainers:
 
+0. when ``<out>`` holds no demo face pack and CLIP yet, train them (``train.train_scorers``, ~7.5 min);
 1. export paired edits of the world's *train* identities (64 px, ``World.export_pairs``);
 2. build a world-sized InstructPix2Pix-format base: a small ``AutoencoderKL`` (2x downscale, 32x32x4 latents; a 4x
    one loses the 2-3 px eyes and mouths that make a synthetic identity: its reconstructions scored 0.49 identity
@@ -13,10 +14,12 @@ Train the offline demo editors of the synthetic portrait world with the project'
    freshly initialised 8-channel UNet (attention at its 8x8 level only);
 3. ``train_idenet.train`` with ``train/configs/demo_idenet.yaml`` (ε loss + the annealing identity loss through the
    demo face pack's recognition ONNX when ``<out>/face_pack`` holds one, else ``identity_weighting: none``);
-4. ``train_ipnet.train`` with ``train/configs/demo_ipnet.yaml``: IPNet initialised from that IDE-Net, trained with
-   ``L_adv`` (a discriminator on the frozen IDE-Net's features), identity and ``L_pair`` (latent L2 onto the pair's
-   rendered target; not a paper term: the toy teacher's own samples are further from the targets than the source,
-   so regressing onto them cannot pass the L1 bar, see the config's header and BENCHMARKS.md §5);
+4. ``train_ipnet.train`` twice: a warm-up with ``train/configs/demo_ipnet_warmup.yaml`` (the one-step student,
+   initialised from that IDE-Net, regressed onto the pairs' rendered targets: ``L_pair`` only, cheap steps), then
+   ``train/configs/demo_ipnet.yaml`` from the warmed-up student: ``L_adv`` (a discriminator on the frozen IDE-Net's
+   features), identity and ``L_pair`` (latent L2 onto the pair's rendered target; not a paper term: the toy
+   teacher's own samples are further from the targets than the source, so regressing onto them cannot pass the L1
+   bar, see the configs' headers and BENCHMARKS.md §5);
 5. copy both into ``<out>/idenet`` and ``<out>/ipnet`` (fp16 safetensors; diffusers upcasts on load when asked for
    float32) with toy-model cards, evaluate on the held-out *test* identities, and ship them only when IPNet's
    one-step L1 to the rendered target is at least ``--ship-bar`` (20%) below the unchanged source's.
@@ -47,6 +50,7 @@ from train.config import IDENetConfig, IPNetConfig, config_to_dict, load_config
 CONFIG_DIR = Path(__file__).parent / "configs"
 IMAGE_SIZE = 64
 SHIP_BAR = 0.20
+SCORER_CLIP = Path("clip") / "demo_clip.safetensors"  # where train.train_scorers writes the demo CLIP under <out>
 
 
 @dataclass
@@ -63,13 +67,15 @@ class DemoConfig:
     vae_channels: tuple[int, ...] = (32, 64)  # two levels: 2x downscale
     vae_face_weight: float = 2.0
     idenet_steps: int | None = None  # None: the YAML's max_train_steps
-    ipnet_steps: int | None = None
+    warmup_steps: int | None = None  # IPNet stage 1 (L_pair only)
+    ipnet_steps: int | None = None  # IPNet stage 2 (the full recipe)
     eval_pairs: int = 200
+    scorers: bool = True  # train the demo face pack and CLIP into <out> first when it holds none
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoConfig:
         return cls(seed=seed, num_identities=12, train_pairs=16, vae_steps=3, vae_batch=4, idenet_steps=2,
-                   ipnet_steps=1, eval_pairs=6)
+                   warmup_steps=1, ipnet_steps=1, eval_pairs=6)
 
 
 # ---------------------------------------------------------------------------------------------------- components
@@ -170,6 +176,27 @@ def build_base(folder: Path, data: Path, cfg: DemoConfig) -> Path:
                                                   feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def train_demo_scorers(out: Path, cfg: DemoConfig) -> float:
+    """Train the demo face pack and CLIP into ``out`` (``train.train_scorers``, its default sizes, or its smoke sizes
+    for a quick run); returns the seconds it took. The scorers pin torch to one thread and deterministic
+    algorithms; both settings are restored for the editors' trainers."""
+    from train.train_scorers import ScorerConfig, train_scorers
+
+    scfg = ScorerConfig(seed=cfg.seed, world_seed=cfg.seed)
+    if cfg.num_identities < scfg.num_identities // 2:  # a quick run's tiny world
+        scfg = scfg.quick()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    t0 = time.perf_counter()
+    try:
+        train_scorers(out, scfg)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    seconds = time.perf_counter() - t0
+    print(f"[scorers] done in {seconds:.1f} s", flush=True)
+    return seconds
 
 
 def find_recognition_onnx(face_pack: Path) -> Path | None:
@@ -383,11 +410,13 @@ def format_eval(res: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-def _stage(work: Path, name: str, key: dict[str, Any], fn: Callable[[], Path], times: dict[str, float]) -> Path:
+def _stage(work: Path, name: str, key: dict[str, Any], fn: Callable[[], Path], times: dict[str, float],
+           reused: list[str] | None = None) -> Path:
     """Run one stage of the demo pipeline, or reuse its output from an earlier run with the same settings.
 
-    A stage records ``<work>/<name>.done.json`` (its settings and output path) only after it finished, so a run
-    that crashed or was killed restarts at the first unfinished stage and loses nothing before it.
+    A stage records ``<work>/<name>.done.json`` (its settings, output path and seconds) only after it finished, so a
+    run that crashed or was killed restarts at the first unfinished stage and loses nothing before it. ``times``
+    gets the stage's seconds (a reused stage's as recorded when it ran; its name is appended to ``reused``).
     """
     marker = work / f"{name}.done.json"
     key = json.loads(json.dumps(key, default=str))
@@ -395,7 +424,9 @@ def _stage(work: Path, name: str, key: dict[str, Any], fn: Callable[[], Path], t
         done = json.loads(marker.read_text())
         if done.get("key") == key and Path(done["path"]).exists():
             print(f"[{name}] reusing {done['path']} (finished earlier with the same settings)", flush=True)
-            times[name] = 0.0
+            times[name] = float(done.get("seconds", 0.0))
+            if reused is not None:
+                reused.append(name)
             return Path(done["path"])
     t0 = time.perf_counter()
     path = Path(fn())
@@ -414,6 +445,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     work = Path(work) if work else out / ".demo_work"
     work.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    reused: list[str] = []
     world_key = {"seed": cfg.seed, "num_identities": cfg.num_identities, "train_pairs": cfg.train_pairs,
                  "image_size": cfg.image_size}
     data = work / "pairs"
@@ -423,11 +455,13 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
                                                                               overwrite=True)
         return data
 
-    _stage(work, "data", world_key, export, times)
+    _stage(work, "data", world_key, export, times, reused)
     base_key = {**world_key, "vae": [cfg.vae_steps, cfg.vae_batch, cfg.vae_lr, list(cfg.vae_channels),
                                      cfg.vae_face_weight], "unet": "32-64-96"}
-    base = _stage(work, "base", base_key, lambda: build_base(work / "base", data, cfg), times)
+    base = _stage(work, "base", base_key, lambda: build_base(work / "base", data, cfg), times, reused)
 
+    if cfg.scorers and (find_recognition_onnx(out / "face_pack") is None or not (out / SCORER_CLIP).is_file()):
+        times["scorers"] = train_demo_scorers(out, cfg)
     rec = find_recognition_onnx(out / "face_pack")
     ide_over: dict[str, Any] = {"model": str(base), "dataset": str(data), "output_dir": str(work / "idenet"),
                                 "seed": cfg.seed, "resolution": cfg.image_size}
@@ -441,27 +475,39 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
         ide_over.update(max_train_steps=cfg.idenet_steps)
     icfg = load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", ide_over)
     ide_key = {**base_key, "idenet": config_to_dict(icfg)}
-    idenet = _stage(work, "idenet", ide_key, lambda: train_idenet.train(icfg), times)
+    idenet = _stage(work, "idenet", ide_key, lambda: train_idenet.train(icfg), times, reused)
 
-    ip_over: dict[str, Any] = {"model": str(idenet), "dataset": str(data), "output_dir": str(work / "ipnet"),
-                               "seed": cfg.seed, "resolution": cfg.image_size}
-    ip_over["identity_model"] = str(rec) if rec is not None else "none"
+    ip_over: dict[str, Any] = {"model": str(idenet), "dataset": str(data), "seed": cfg.seed,
+                               "resolution": cfg.image_size}
+    wcfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet_warmup.yaml",
+                       {**ip_over, "output_dir": str(work / "ipnet_warmup"), "identity_model": "none"})
+    if cfg.warmup_steps:
+        wcfg = replace(wcfg, max_train_steps=cfg.warmup_steps)
+    warm_key = {**ide_key, "warmup": config_to_dict(wcfg)}
+    warm = _stage(work, "ipnet_warmup", warm_key, lambda: train_ipnet.train(wcfg), times, reused)
+
+    ip_over.update(student_init=str(warm), output_dir=str(work / "ipnet"),
+                   identity_model=str(rec) if rec is not None else "none")
     if rec is None:
         ip_over["weights.identity"] = 0.0
     pcfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet.yaml", ip_over)
     if cfg.ipnet_steps:
         pcfg = replace(pcfg, max_train_steps=cfg.ipnet_steps)
-    ipnet = _stage(work, "ipnet", {**ide_key, "ipnet": config_to_dict(pcfg)}, lambda: train_ipnet.train(pcfg), times)
+    ipnet_identity = (f"a constant weight of {pcfg.weights.identity:g} on 1 - cos through `{rec.name}` of the demo "
+                      "face pack, in stage 2 only" if rec is not None and pcfg.weights.identity else "none")
+    ipnet = _stage(work, "ipnet", {**warm_key, "ipnet": config_to_dict(pcfg)}, lambda: train_ipnet.train(pcfg),
+                   times, reused)
 
     staged = work / "staged"
     to_fp16_folder(idenet, staged / "idenet")
     to_fp16_folder(ipnet, staged / "ipnet")
     t0 = time.perf_counter()
-    scorers = DemoScorers.load(out / "face_pack", out / "clip" / "demo_clip.safetensors") if rec is not None else None
+    scorers = DemoScorers.load(out / "face_pack", out / SCORER_CLIP) if rec is not None else None
     res = evaluate(staged, seed=cfg.seed, num_identities=cfg.num_identities, n=cfg.eval_pairs, size=cfg.image_size,
                    scorers=scorers)
     times["evaluate"] = time.perf_counter() - t0
     res["times_s"] = times
+    res["reused_stages"] = reused  # their seconds are those recorded when they ran
     src, one = res["rows"]["source (no edit)"]["l1_to_target"]["all"], res["rows"]["ipnet"]["l1_to_target"]["all"]
     res["improvement"] = 1.0 - one / src
     res["acceptance"] = acceptance(res) if scorers is not None else None
@@ -472,12 +518,14 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
           flush=True)
     if res["shipped"]:
         recipes = {"idenet": f"Objective: the ε loss with conditioning dropout, {icfg.max_train_steps} steps.",
-                   "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, initialised from the "
-                            "demo IDE-Net (`../idenet`)."}
+                   "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, after a warm-up of "
+                            f"{wcfg.max_train_steps} steps of L_pair alone that started from the demo IDE-Net "
+                            "(`../idenet`)."}
         for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
-                              ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet.yaml")):
-            write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg, identity,
-                       "\n\n" + numbers + "\n", recipes[name])
+                              ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet_warmup.yaml then "
+                                        "train/configs/demo_ipnet.yaml")):
+            write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg,
+                       identity if name == "idenet" else ipnet_identity, "\n\n" + numbers + "\n", recipes[name])
             if (out / name).exists():
                 shutil.rmtree(out / name)
             shutil.copytree(staged / name, out / name)

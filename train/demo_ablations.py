@@ -7,8 +7,8 @@ trains, each from the same starting point and for the same (short) number of ste
 * IDE-Net identity loss: none | ``L_cid`` (constant weight) | ``L_aid`` (annealing), each from the world's base;
 * IPNet objectives, each distilled from the demo run's IDE-Net: ``L_adv`` alone, ``+L_distill``, ``+L_sds``,
   ``+L_triplet``, ``+L_id`` (all five), and the all-five student with a DDIM-inversion teacher start instead of the
-  stochastic one; then the demo recipe (``L_adv`` + ``L_pair`` + ``L_id``, the shipped IPNet's config) and the
-  recipe with ``L_distill`` added.
+  stochastic one; then the demo recipe (``L_adv`` + ``L_pair`` + ``L_id``, the shipped IPNet's second-stage config,
+  here from the IDE-Net without the ``L_pair`` warm-up) and the recipe with ``L_distill`` added.
 
 Every variant is scored like the shipped models (:func:`train.demo.evaluate`: held-out test identities, demo face
 pack identity cosine, demo-CLIP edit presence, L1 to the rendered target, CPU latency), next to the demo run's own
@@ -105,7 +105,10 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
         steps["IDE-Net (demo run)"] = load_config(IDENetConfig, demo_idenet / "train_config.yaml").max_train_steps
     if only != "idenet" or (work / "ipnet.done.json").is_file():
         demo_ipnet = Path(_done(work, "ipnet")["path"])
-        n = load_config(IPNetConfig, demo_ipnet / "train_config.yaml").max_train_steps
+        n: int | str = load_config(IPNetConfig, demo_ipnet / "train_config.yaml").max_train_steps
+        if (work / "ipnet_warmup.done.json").is_file():  # the L_pair warm-up's steps, then the recipe's
+            warm = Path(_done(work, "ipnet_warmup")["path"])
+            n = f"{load_config(IPNetConfig, warm / 'train_config.yaml').max_train_steps}+{n}"
         for row, method in (("IPNet 1-step (demo run)", "ipnet"), ("IPNet 2-step (demo run)", "ipnet-2step")):
             editors[row], steps[row] = (method, demo_ipnet), n
     groups.update({row: "demo run" for row in editors})

@@ -17,7 +17,7 @@ import torch
 from train import demo
 
 SHIPPED = Path(__file__).resolve().parents[1] / "instantportrait" / "demo_models"
-EDIT_MARGIN = 0.3  # edits judged present: shipped IPNet minus the unchanged source, at least
+EDIT_MARGIN = 0.5  # edits judged present: shipped IPNet minus the unchanged source, at least (24 pairs: 79 % vs 8 %)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,9 +39,9 @@ def test_shipped_demo_ipnet_learned_the_edits_on_held_out_people():
     is still recognisable."""
     res = demo.evaluate(SHIPPED, n=24, methods=("ipnet",), scorers=demo.DemoScorers.load())
     src, one = res["rows"]["source (no edit)"], res["rows"]["ipnet"]
-    assert one["l1_to_target"]["all"] < 0.95 * src["l1_to_target"]["all"]
+    assert one["l1_to_target"]["all"] < 0.7 * src["l1_to_target"]["all"]  # 24 pairs: 0.54x
     assert one["edit_present"] >= src["edit_present"] + EDIT_MARGIN
-    assert one["identity"] >= 0.6 and one["face_missing"] <= 0.1
+    assert one["identity"] >= 0.65 and one["face_missing"] <= 0.1  # 24 pairs: 0.75
     assert res["different_identity"] < 0.3  # the identity scale: other people score low
 
 

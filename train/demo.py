@@ -2,7 +2,6 @@
 
 Train the offline demo models of the synthetic portrait world with the project's real trainers:
 
-0. when ``<out>`` holds no demo face pack and CLIP yet, train them (``train.train_scorers``, ~7.5 min);
 1. export paired edits of the world's *train* identities (64 px, ``World.export_pairs``);
 2. build a world-sized InstructPix2Pix-format base: a small ``AutoencoderKL`` (2x downscale, 32x32x4 latents; a 4x
    one loses the 2-3 px eyes and mouths that make a synthetic identity: its reconstructions scored 0.49 identity
@@ -12,8 +11,10 @@ Train the offline demo models of the synthetic portrait world with the project's
    with *frozen random* weights: a fixed, injective (distinct tokens -> distinct embeddings, checked) map from
    instruction to token embeddings that the UNet learns to read, standing in for a pre-trained text encoder; and a
    freshly initialised 8-channel UNet (attention at its 8x8 level only);
-3. ``train_idenet.train`` with ``train/configs/demo_idenet.yaml`` (ε loss + the annealing identity loss through the
-   demo face pack's recognition ONNX when ``<out>/face_pack`` holds one, else ``identity_weighting: none``);
+3. when ``<out>`` holds no demo face pack and CLIP yet, train them there first (``train.train_scorers``, ~7.5
+   min); then ``train_idenet.train`` with ``train/configs/demo_idenet.yaml`` (ε loss + the annealing identity loss
+   through the demo face pack's recognition ONNX when ``<out>/face_pack`` holds one, else
+   ``identity_weighting: none``);
 4. ``train_ipnet.train`` twice: a warm-up with ``train/configs/demo_ipnet_warmup.yaml`` (the one-step student,
    initialised from that IDE-Net, regressed onto the pairs' rendered targets: ``L_pair`` only, cheap steps), then
    ``train/configs/demo_ipnet.yaml`` from the warmed-up student: ``L_adv`` (a discriminator on the frozen IDE-Net's

@@ -31,7 +31,7 @@ from instantportrait.app import (  # noqa: E402
     settings_from_args,
     zero_gpu,
 )
-from instantportrait.examples import write_demo_world_examples, write_examples  # noqa: E402
+from instantportrait.demo.examples import write_demo_world_examples, write_examples  # noqa: E402
 
 logger = logging.getLogger("instantportrait.app")
 

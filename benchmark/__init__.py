@@ -10,7 +10,7 @@ Modules: ``cli`` (arguments), ``runner`` (the loop, resume, sharding), ``latency
 (crash-safe JSONL), ``data`` (images, instruction sets), ``report`` (tables, plots, HTML grid).
 """
 
-from .data import DEFAULT_INSTRUCTIONS, load_instructions
-from .runner import BenchmarkConfig, run_benchmark
+from benchmark.data import DEFAULT_INSTRUCTIONS, load_instructions
+from benchmark.runner import BenchmarkConfig, run_benchmark
 
 __all__ = ["DEFAULT_INSTRUCTIONS", "BenchmarkConfig", "load_instructions", "run_benchmark"]

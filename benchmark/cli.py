@@ -145,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="architecture for --random-weights (default sd15-ip2p; 'tiny' for tests)")
     run.add_argument("--no-demo", action="store_true",
                      help="a method whose real model is missing is reported unavailable instead of running on its "
-                          "toy demo model (instantportrait/demo_models/)")
+                          "toy demo model (instantportrait/demo/models/)")
     run.add_argument("--demo-root", default=None,
                      help="folder of the toy demo models, one subfolder per model key (default "
-                          "instantportrait/demo_models)")
+                          "instantportrait/demo/models)")
     run.add_argument("--batch-size", type=int, default=1, help="latency-only: images per edit call")
     run.add_argument("--repeats", type=int, default=10, help="latency-only: timed edit calls per method")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -175,8 +175,8 @@ def default_device() -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from .runner import BenchmarkConfig
-    from .scoring import DEFAULT_CLIP, DEFAULT_FACE_PACK, DEFAULT_SOURCE_CAPTION, ScoringConfig
+    from benchmark.runner import BenchmarkConfig
+    from benchmark.scoring import DEFAULT_CLIP, DEFAULT_FACE_PACK, DEFAULT_SOURCE_CAPTION, ScoringConfig
 
     device = args.device or default_device()
     resolution, method_resolution = parse_resolution(args.resolution)
@@ -204,9 +204,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def check_names(cfg: Any) -> None:
     """Unknown methods, and overrides / per-method settings naming nothing in the run: one clear error each."""
+    from benchmark.runner import check_methods
     from instantportrait.methods import editor_class
-
-    from .runner import check_methods
 
     check_methods(cfg.methods)
     model_keys = {editor_class(m).model_key for m in cfg.methods} - {None}
@@ -222,9 +221,8 @@ def check_names(cfg: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.runner import run_benchmark
     from instantportrait.errors import ModelNotAvailableError
-
-    from .runner import run_benchmark
 
     try:
         cfg = config_from_args(args)
@@ -244,11 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from benchmark.report import write_report
+    from benchmark.runner import read_run, score_pending
+    from benchmark.scoring import ScoringConfig
     from instantportrait.errors import ModelNotAvailableError
-
-    from .report import write_report
-    from .runner import read_run, score_pending
-    from .scoring import ScoringConfig
 
     out = Path(args.results)
     run = read_run(out)
@@ -274,8 +271,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-    from .runner import read_run
+    from benchmark.report import write_report
+    from benchmark.runner import read_run
 
     out = Path(args.results)
     if read_run(out) is None:
@@ -286,9 +283,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.data import DEFAULT_INSTRUCTIONS, load_instructions
     from instantportrait.methods import Editor, editor_class, list_methods
-
-    from .data import DEFAULT_INSTRUCTIONS, load_instructions
 
     print("methods:")
     for name in list_methods():

@@ -71,7 +71,7 @@ def demo_world_instructions() -> list[Instruction]:
     """One instruction per edit of the synthetic world (``EDIT_DEFS`` order; hats and shirt colours in one colour):
     its first imperative phrasing, the edit's category, and the target caption "a photo of a person" + the edit's
     description ("a photo of a person with hipster glasses")."""
-    from instantportrait.synthetic import EDIT_DEFS, Edit, describe_edits, instruction_paraphrases
+    from instantportrait.demo import EDIT_DEFS, Edit, describe_edits, instruction_paraphrases
 
     items = []
     for name, definition in EDIT_DEFS.items():
@@ -79,7 +79,7 @@ def demo_world_instructions() -> list[Instruction]:
         items.append(Instruction(
             id=f"world-{edit.key.replace(':', '-').replace('_', '-')}", instruction=instruction_paraphrases([edit])[0],
             target_caption=f"{DEMO_WORLD_SOURCE_CAPTION} {describe_edits([edit])}", category=definition.category,
-            source_caption=DEMO_WORLD_SOURCE_CAPTION, origin="instantportrait.synthetic demo world"))
+            source_caption=DEMO_WORLD_SOURCE_CAPTION, origin="instantportrait.demo demo world"))
     return items
 
 
@@ -193,7 +193,7 @@ def iter_images(spec: str, max_side: int | None = None) -> Iterator[SourceImage 
 
 def _iter_synthetic(spec: str, max_side: int | None) -> Iterator[SourceImage]:
     """``synthetic:N[:SIZE]``: N smooth synthetic images (no faces), for timing and harness checks without data."""
-    from instantportrait.testing import portrait_like_image
+    from instantportrait.tiny.images import portrait_like_image
 
     parts = spec[len(SYNTHETIC_PREFIX):].split(":")
     try:
@@ -224,8 +224,8 @@ def parse_demo_world(spec: str) -> tuple[int, int]:
 
 def _iter_demo_world(spec: str, max_side: int | None) -> Iterator[SourceImage]:
     """The sources of the first N test-split samples of the demo world (ids ``demo-world-test-000000-<person>``)."""
+    from instantportrait.demo import World
     from instantportrait.imageio import prepare_image
-    from instantportrait.synthetic import World
 
     n, size = parse_demo_world(spec)
     world = World(**DEMO_WORLD, size=size)

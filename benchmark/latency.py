@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, report, store
-from . import runner as _runner
-from .runner import BenchmarkConfig, Dist
+from benchmark import metrics, report, store
+from benchmark import runner as _runner
+from benchmark.runner import BenchmarkConfig, Dist
 
 LATENCY_INSTRUCTION = "photorealistic photo, with hipster glasses, mustache, wearing plaid shirt, vintage tees"
 
 
 def synthetic_portraits(resolution: int, n: int) -> list[Any]:
-    from instantportrait.testing import portrait_like_image
+    from instantportrait.tiny.images import portrait_like_image
 
     return [portrait_like_image(resolution, seed=i) for i in range(n)]
 

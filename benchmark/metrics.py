@@ -10,7 +10,7 @@ Per row (one edit):
   cannot raise its identity mean by destroying faces.
 * ``clip_t`` = cos(E_I(output), E_T(target caption)); ``clip_i`` = cos(E_I(source), E_I(output));
   ``clip_dir`` = cos(E_I(output) - E_I(source), E_T(target caption) - E_T(source caption)), 0 where either
-  difference has norm below ``eps`` (as :meth:`instantportrait.clip_score.ClipScorer.directional`).
+  difference has norm below ``eps`` (as :meth:`instantportrait.eval.clip_score.ClipScorer.directional`).
 
 Per method (:func:`summarize`): mean and 95% confidence interval of each score (Student-t interval on the mean:
 ``mean ± t_{0.975, n-1} · s / √n``), failure rates, latency p50/p95 (numpy's linear-interpolation percentiles) and

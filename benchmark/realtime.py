@@ -2,7 +2,7 @@
 
     python -m benchmark.realtime --random-weights --device cuda --dtype float16 --compile \\
         --batches 1,4,16,32 --resolutions 512,1024 --out results/realtime-gpu
-    python -m benchmark.realtime --model instantportrait/demo_models/ipnet --device cpu \\
+    python -m benchmark.realtime --model instantportrait/demo/models/ipnet --device cpu \\
         --batches 1,4 --resolutions 64 --ip2p-steps 4,2 --out results/realtime-cpu
 
 Everything below happens in one process, so each ratio compares numbers from the same run:
@@ -51,9 +51,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, report, store
-from . import runner as _runner
-from .latency import LATENCY_INSTRUCTION, synthetic_portraits
+from benchmark import metrics, report, store
+from benchmark import runner as _runner
+from benchmark.latency import LATENCY_INSTRUCTION, synthetic_portraits
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 IO_MODES = ("pil", "tensor")
@@ -221,8 +221,8 @@ def measured_row(kind: str, label: str, resolution: int, batch: int, steps: int,
 
 # ---------------------------------------------------------------------------------------------------------- models
 def load_ipnet(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype) -> Any:
-    from instantportrait.architectures import build_random_ipnet, resolve_architecture
-    from instantportrait.pipeline import InstantPortraitPipeline
+    from instantportrait.models.architectures import build_random_ipnet, resolve_architecture
+    from instantportrait.pipelines.ipnet import InstantPortraitPipeline
 
     if cfg.random_weights:
         return build_random_ipnet(resolve_architecture(cfg.arch), device=device, dtype=dtype, seed=cfg.seed)
@@ -238,7 +238,7 @@ def load_ip2p(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype) -> 
     from diffusers import StableDiffusionInstructPix2PixPipeline as IP2PPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from instantportrait.architectures import build_random_instruct_pix2pix, resolve_architecture
+    from instantportrait.models.architectures import build_random_instruct_pix2pix, resolve_architecture
 
     if cfg.random_weights:
         return build_random_instruct_pix2pix(resolve_architecture(cfg.arch), device=device, dtype=dtype,
@@ -479,7 +479,7 @@ def run_realtime(cfg: RealtimeConfig) -> dict[str, Any]:
 
 
 def _arch_name(cfg: RealtimeConfig) -> str:
-    from instantportrait.architectures import resolve_architecture
+    from instantportrait.models.architectures import resolve_architecture
 
     return resolve_architecture(cfg.arch).name
 
@@ -601,7 +601,7 @@ def _int_list(text: str, allow_empty: bool = False) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from instantportrait.architectures import ARCHITECTURES
+    from instantportrait.models.architectures import ARCHITECTURES
 
     p = argparse.ArgumentParser(prog="python -m benchmark.realtime", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,7 +10,7 @@ Resume: rows are keyed by (method, image, instruction, seed); a restarted run sk
 repairs a cut-short last line, so it ends with exactly one row per key.
 
 Offline: a method without ``--model-override`` whose real model is not available here runs on its shipped toy demo
-model (``instantportrait/demo_models/<model key>/``, at the demo model's own resolution unless ``--resolution
+model (``instantportrait/demo/models/<model key>/``, at the demo model's own resolution unless ``--resolution
 METHOD=N`` says otherwise; ``demo=False`` / ``--no-demo`` turns this off), labelled "[toy demo model]" everywhere; a
 default face pack / CLIP that is not available is replaced by the toy demo scorers (``ScoringConfig.demo_fallback``),
 noted in ``run.json`` and the summary. Which methods ran on demo models is part of the run's fingerprint.
@@ -40,8 +40,8 @@ from typing import Any
 import PIL.Image
 import torch
 
-from . import store
-from .data import (
+from benchmark import store
+from benchmark.data import (
     DEFAULT_INSTRUCTIONS,
     DEMO_WORLD_PREFIX,
     DEMO_WORLD_SPEC,
@@ -50,7 +50,7 @@ from .data import (
     load_images,
     load_instructions,
 )
-from .scoring import DEFAULT_SOURCE_CAPTION, Scorer, ScoringConfig
+from benchmark.scoring import DEFAULT_SOURCE_CAPTION, Scorer, ScoringConfig
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class BenchmarkConfig:
     random_weights: bool = False
     random_arch: str | None = None
     demo: bool = True  # a method whose real model is missing runs on its toy demo model, if one is shipped
-    demo_root: Path | None = None  # where demo models live (None: instantportrait/demo_models)
+    demo_root: Path | None = None  # where demo models live (None: instantportrait/demo/models)
     save_images: bool = True
     progress: bool = True
     # latency-only mode
@@ -476,7 +476,7 @@ def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
 
     check_methods(cfg.methods)
     if cfg.latency_only:
-        from .latency import run_latency
+        from benchmark.latency import run_latency
 
         return run_latency(cfg, dist)
     dist = dist or Dist.from_env(cfg.device)
@@ -574,7 +574,7 @@ def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
         if cfg.score_later:
             score_pending(out, ScoringConfig(**{**cfg.scoring.to_json(), "device": str(device)}),
                           progress=cfg.progress)
-        from .report import write_report
+        from benchmark.report import write_report
 
         write_report(out)
     return out

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from instantportrait.demo_scorers import DEFAULT_CLIP, DEFAULT_FACE_PACK, demo_clip_for, demo_face_pack_for
-
-from . import metrics
+from benchmark import metrics
+from instantportrait.demo.scorers import DEFAULT_CLIP, DEFAULT_FACE_PACK, demo_clip_for, demo_face_pack_for
 
 DEFAULT_SOURCE_CAPTION = "a photo of a person"
 DEMO_FALLBACK_FIELDS = ("face_pack", "clip")
@@ -52,7 +51,7 @@ class ScoringConfig:
     def with_demo_fallback(self) -> tuple[ScoringConfig, list[str]]:
         """This config with every default scorer that cannot be used here (face pack folder missing; CLIP weights
         neither on disk nor downloadable now) replaced by the shipped toy demo scorer, and one note per
-        replacement (see :mod:`instantportrait.demo_scorers`). Cheap: no model is loaded."""
+        replacement (see :mod:`instantportrait.demo.scorers`). Cheap: no model is loaded."""
         changes: dict[str, str] = {}
         notes: list[str] = []
         # (None turns a metric off: never a fallback; demo_clip_for(None) would read it as "the default CLIP")
@@ -71,7 +70,7 @@ class ScoringConfig:
 
 def make_clip_scorer(clip: str, device: str) -> Any:
     """``ClipScorer`` for a weights file (an existing path) or a variant name (``ViT-L/14``)."""
-    from instantportrait.clip_score import ClipScorer
+    from instantportrait.eval.clip_score import ClipScorer
 
     if Path(clip).expanduser().is_file():
         return ClipScorer(weights=Path(clip).expanduser(), device=device)
@@ -86,7 +85,7 @@ class Scorer:
     """
 
     def __init__(self, config: ScoringConfig):
-        from instantportrait.face import FaceEncoder
+        from instantportrait.face.encoder import FaceEncoder
 
         self.config = config
         det = (config.det_size, config.det_size)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError, NoFaceError
+from instantportrait.errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError, NoFaceError
 
 _LAZY = {
-    "InstantPortraitPipeline": "pipeline",
-    "ipnet_from_instruct_pix2pix": "pipeline",
-    "widen_conv_in": "pipeline",
+    "InstantPortraitPipeline": "pipelines.ipnet",
+    "ipnet_from_instruct_pix2pix": "pipelines.ipnet",
+    "widen_conv_in": "pipelines.ipnet",
 }
 
 __all__ = [

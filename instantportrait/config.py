@@ -170,7 +170,7 @@ MODELS: dict[str, ModelSpec] = {
 
 # Toy models shipped in the repo, trained by this project's own trainers on the synthetic portrait world
 # (`python -m train.train_scorers`, `python -m train.demo`). Offline defaults where the real models are absent.
-DEMO_ROOT = Path(__file__).resolve().parent / "demo_models"
+DEMO_ROOT = Path(__file__).resolve().parent / "demo" / "models"
 DEMO_FACE_PACK = DEMO_ROOT / "face_pack"
 DEMO_CLIP = DEMO_ROOT / "clip" / "demo_clip.safetensors"
 DEMO_WORLD = {"seed": 0, "num_identities": 120}  # the synthetic world the demo editors were trained on (train.demo)

@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .config import ModelSpec
-from .errors import ModelNotAvailableError
+from instantportrait.config import ModelSpec
+from instantportrait.errors import ModelNotAvailableError
 
 PROBE_TIMEOUT_S = 3.0
 

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from .errors import InvalidImageError
+from instantportrait.errors import InvalidImageError
 
 # Pillow's decompression-bomb guard stays on; beyond this many pixels we refuse before decoding.
 MAX_PIXELS = 64_000_000

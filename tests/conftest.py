@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_ip2p(tmp_path_factory) -> Path:
     """A tiny checkpoint in InstructPix2Pix's on-disk format."""
-    from instantportrait.testing import save_tiny_instruct_pix2pix
+    from instantportrait.tiny.diffusion import save_tiny_instruct_pix2pix
 
     return save_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "tiny-ip2p")
 
@@ -65,7 +65,7 @@ def tiny_ipnet(tiny_ip2p, tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def portrait():
-    from instantportrait.testing import portrait_like_image
+    from instantportrait.tiny.images import portrait_like_image
 
     return portrait_like_image(48, seed=3)
 
@@ -73,7 +73,7 @@ def portrait():
 @pytest.fixture(scope="session")
 def tiny_face_pack(tmp_path_factory) -> Path:
     """A tiny insightface pack (ONNX detector + recogniser) that FaceEncoder loads offline."""
-    from instantportrait.testing_face import build_tiny_face_pack
+    from instantportrait.tiny.face_pack import build_tiny_face_pack
 
     return build_tiny_face_pack(tmp_path_factory.mktemp("face_pack") / "tiny_pack")
 
@@ -81,7 +81,7 @@ def tiny_face_pack(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip_file(tmp_path_factory) -> Path:
     """A tiny clip-anytorch model file that ClipScorer(weights=...) loads."""
-    from instantportrait.testing_clip import build_tiny_clip
+    from instantportrait.tiny.clip import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt", seed=0)
 

@@ -34,7 +34,7 @@ from instantportrait.app import (
     zero_gpu,
 )
 from instantportrait.app.logic import TokenCounter, fit_instruction
-from instantportrait.examples import (
+from instantportrait.demo.examples import (
     POSTER_INSTRUCTIONS,
     astronaut_portrait,
     blank_image,
@@ -431,9 +431,9 @@ def test_examples_are_written_once_with_the_poster_instructions(tmp_path):
 
 
 def test_demo_world_examples_are_held_out_people_in_the_worlds_words(tmp_path):
-    from instantportrait.examples import write_demo_world_examples
-    from instantportrait.synthetic import World
-    from instantportrait.synthetic.world import parse_instruction
+    from instantportrait.demo import World
+    from instantportrait.demo.examples import write_demo_world_examples
+    from instantportrait.demo.world import parse_instruction
 
     rows = write_demo_world_examples(tmp_path, n=6)
     world = World(0, 120, size=128)
@@ -635,7 +635,7 @@ def test_missing_default_scorers_fall_back_to_the_shipped_demo_scorers(tmp_path,
     """No buffalo_l and no ViT-L/14 on disk: the app scores with the demo face pack and demo CLIP, labelled as toys.
     An explicitly named pack that is missing stays missing (an explicit choice is final)."""
     from instantportrait.app.scoring import Scorers
-    from instantportrait.synthetic import World
+    from instantportrait.demo import World
 
     monkeypatch.setenv("INSIGHTFACE_ROOT", str(tmp_path / "no-insightface"))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/clip either

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from instantportrait.app import TINY_LABEL, AppSettings
-from instantportrait.examples import astronaut_portrait
+from instantportrait.demo.examples import astronaut_portrait
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from instantportrait.arcface import (
+from instantportrait.training.arcface import (
     IRESNET_LAYERS,
     DifferentiableArcFace,
     IResNet,

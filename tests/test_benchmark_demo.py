@@ -19,9 +19,9 @@ from benchmark.data import demo_world_instructions, load_images, load_instructio
 from benchmark.runner import DEMO_LABEL, BenchmarkConfig, check_fingerprint, make_editor, model_source
 from benchmark.scoring import ScoringConfig
 from instantportrait.config import DEMO_CLIP, DEMO_FACE_PACK
+from instantportrait.demo import CATEGORIES, World, describe_edits, parse_instruction
 from instantportrait.errors import ModelNotAvailableError
 from instantportrait.methods import Editor, registry
-from instantportrait.synthetic import CATEGORIES, World, describe_edits, parse_instruction
 
 SPY_RES = 48  # the spy's demo model works at 48 px, the demo-world sources are 64 px
 
@@ -249,7 +249,7 @@ def test_demo_clip_prefers_the_rendered_edit_under_its_target_caption():
     """The captions are in the demo CLIP's words: on test people, the rendered edit scores higher than the unedited
     source under the instruction's target caption for at least 80% of (person, instruction) pairs (40 of 45 when
     written)."""
-    from instantportrait.clip_score import ClipScorer
+    from instantportrait.eval.clip_score import ClipScorer
 
     items = demo_world_instructions()
     world = World(seed=0, num_identities=120, size=64)

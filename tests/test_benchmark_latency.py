@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from benchmark.cli import main
-from instantportrait import architectures
-from instantportrait.architectures import resolve_architecture
 from instantportrait.methods import Editor, EditSettings, get_editor, registry
+from instantportrait.models import architectures
+from instantportrait.models.architectures import resolve_architecture
 
 
 class NoBuilderEditor(Editor):

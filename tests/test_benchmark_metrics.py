@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.faces import drawn_face
 from PIL import Image
 
 from benchmark import metrics, store
 from benchmark.cli import parse_overrides, parse_per_method, parse_resolution
 from benchmark.data import DEFAULT_INSTRUCTIONS, load_instructions
-from instantportrait.testing_face import drawn_face
 
 
 # ------------------------------------------------------------------------------------------------------ row metrics

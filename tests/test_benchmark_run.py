@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.faces import drawn_face
 from PIL import Image
 
 from benchmark import store
@@ -18,7 +19,6 @@ from benchmark.cli import main
 from benchmark.runner import BenchmarkConfig, Dist, run_benchmark
 from benchmark.scoring import ScoringConfig
 from instantportrait.methods import Editor, registry
-from instantportrait.testing_face import drawn_face
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,9 @@ def test_killed_run_resumes_with_exactly_one_row_per_key(tmp_path, test_editors,
     # A separate process runs the benchmark and is SIGKILLed by the crash hook halfway through writing its 4th row,
     # as an OOM kill or a power cut would. (A fresh interpreter, not a fork: forking a process that already runs
     # threads, as pytest's does after other tests, can deadlock the child on a lock held at fork time.)
-    env = {**os.environ, store.CRASH_ENV: "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    here = Path(__file__).resolve()
+    path = os.pathsep.join(str(p) for p in (here.parents[1], here.parent))  # the checkout and tests/ (fixtures)
+    env = {**os.environ, store.CRASH_ENV: "3", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr

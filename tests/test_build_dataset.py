@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.faces import drawn_face as _drawn_face
 from PIL import Image, ImageDraw
 
 from instantportrait.methods import Editor, registry
-from instantportrait.testing_face import drawn_face as _drawn_face
 from train import build_dataset as bd
 from train.instructions import CATEGORIES, COMBO, TEMPLATES, EditInstruction, load_instructions, template_instructions
 
@@ -231,7 +231,7 @@ def test_full_run_records_every_row_with_scores_and_counts(sources, tmp_path, ti
     printed = capsys.readouterr().out
     assert f"passed both (training rows): {counts['passed']}" in printed
     # The trainers' reader (the other side of the format contract) gets exactly the passed rows.
-    data = pytest.importorskip("instantportrait.data")
+    data = pytest.importorskip("instantportrait.training.data")
     _, pairs = data.read_dataset(out)
     assert [p.id for p in pairs] == [r["id"] for r in rows if r["passed"]]
     assert all(p.source_kps.shape == (5, 2) for p in pairs)

@@ -7,8 +7,8 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from instantportrait.cli import EXIT_INPUT, EXIT_MODEL, EXIT_NO_FACE, main, output_paths
-from instantportrait.testing import portrait_like_image
+from instantportrait.cli.main import EXIT_INPUT, EXIT_MODEL, EXIT_NO_FACE, main, output_paths
+from instantportrait.tiny.images import portrait_like_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_stream_fast_path_switches(tmp_path, tiny_ipnet, capsys):
     import numpy as np
     from diffusers import AutoencoderKL
 
-    from instantportrait.tiny_decoder import build_tiny_decoder, save_tiny_decoder
+    from instantportrait.pipelines.tiny_decoder import build_tiny_decoder, save_tiny_decoder
 
     frames = tmp_path / "frames"
     frames.mkdir()

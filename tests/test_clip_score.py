@@ -16,9 +16,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from instantportrait.clip_score import ClipScorer, download_clip_weights, expected_clip_file, load_clip_state_dict
 from instantportrait.errors import ModelNotAvailableError
-from instantportrait.testing_clip import TINY_CLIP_EMBED_DIM, build_tiny_clip
+from instantportrait.eval.clip_score import ClipScorer, download_clip_weights, expected_clip_file, load_clip_state_dict
+from instantportrait.tiny.clip import TINY_CLIP_EMBED_DIM, build_tiny_clip
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "INSTANTPORTRAIT_OFFLINE")
 
@@ -250,7 +250,7 @@ def test_missing_variant_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp
     def no_download(*args: object, **kwargs: object) -> None:
         raise AssertionError("must not download offline")
 
-    monkeypatch.setattr("instantportrait.clip_score.download_clip_weights", no_download)
+    monkeypatch.setattr("instantportrait.eval.clip_score.download_clip_weights", no_download)
     root = tmp_path / "empty"
     start = time.perf_counter()
     s = ClipScorer(variant, download_root=root)
@@ -267,7 +267,7 @@ def test_unreachable_host_fails_fast_without_downloading(monkeypatch: pytest.Mon
                                                          no_offline_env: None) -> None:
     probed: list[str] = []
     monkeypatch.setattr("instantportrait.hub.hub_reachable", lambda endpoint=None, **kw: probed.append(endpoint))
-    monkeypatch.setattr("instantportrait.clip_score.download_clip_weights",
+    monkeypatch.setattr("instantportrait.eval.clip_score.download_clip_weights",
                         lambda *a, **k: pytest.fail("must not download when unreachable"))
     with pytest.raises(ModelNotAvailableError, match="openaipublic.azureedge.net cannot be reached"):
         ClipScorer("ViT-B/32", download_root=tmp_path).load()

@@ -16,7 +16,7 @@ import torch
 
 from train import demo
 
-SHIPPED = Path(__file__).resolve().parents[1] / "instantportrait" / "demo_models"
+SHIPPED = Path(__file__).resolve().parents[1] / "instantportrait" / "demo" / "models"
 EDIT_MARGIN = 0.5  # edits judged present: shipped IPNet minus the unchanged source, at least (24 pairs: 79 % vs 8 %)
 
 
@@ -34,7 +34,7 @@ def _l1(a, b) -> float:
 
 def test_shipped_demo_ipnet_learned_the_edits_on_held_out_people():
     """Issue #4's acceptance, looser and on 24 held-out pairs (the full check on 200 pairs is
-    ``python -m train.demo --evaluate instantportrait/demo_models``): the one-step edit is closer to the rendered
+    ``python -m train.demo --evaluate instantportrait/demo/models``): the one-step edit is closer to the rendered
     target than the unchanged source, the demo CLIP sees the edit far more often than in the source, and the person
     is still recognisable."""
     res = demo.evaluate(SHIPPED, n=24, methods=("ipnet",), scorers=demo.DemoScorers.load())
@@ -73,8 +73,8 @@ def test_app_serves_the_shipped_demo_editors_and_their_examples_work(tmp_path, m
     import app as app_module
     from instantportrait.app.logic import EditRequest, EditService
     from instantportrait.app.settings import AppSettings
-    from instantportrait.examples import write_demo_world_examples
-    from instantportrait.synthetic import World
+    from instantportrait.demo import World
+    from instantportrait.demo.examples import write_demo_world_examples
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     service = EditService.create(AppSettings(work_dir=tmp_path, device="cpu"))
@@ -106,8 +106,8 @@ def test_world_words_are_alphabetic_and_sorted(tmp_path):
 def test_quick_run_end_to_end_writes_loadable_fp16_folders(tmp_path):
     from safetensors.torch import load_file
 
+    from instantportrait.demo import World
     from instantportrait.methods import get_editor
-    from instantportrait.synthetic import World
 
     out = tmp_path / "demo_models"
     res = demo.main(["--out", str(out), "--quick", "--force-ship", "--work", str(tmp_path / "work"),
@@ -194,7 +194,7 @@ def test_interrupted_run_reuses_finished_stages_and_ablations_start_from_them(tm
 def test_demo_editor_test_people_were_never_seen_by_the_demo_scorers():
     """The editors are scored on the test people of World(0, 120); the demo scorers trained on the train split of
     World(0, 200) (same identity draws per index): those test people must be test people there too."""
-    from instantportrait.synthetic import World
+    from instantportrait.demo import World
 
     editors, scorers = World(0, demo.DemoConfig().num_identities), World(0, 200)
     test = set(editors.split_ids("test"))

@@ -1,4 +1,4 @@
-"""The offline demo scorers (``instantportrait/demo_models/face_pack`` and ``clip/``) and their trainer.
+"""The offline demo scorers (``instantportrait/demo/models/face_pack`` and ``clip/``) and their trainer.
 
 The shipped files must load through the same code paths as the real models (``FaceEncoder``, ``ClipScorer``) and
 measure the synthetic world sensibly on people never seen in training; ``--quick`` training must produce loadable
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from instantportrait.synthetic import World
+from instantportrait.demo import World
 from train import train_scorers as ts
 
-DEMO = Path(__file__).resolve().parents[1] / "instantportrait" / "demo_models"
+DEMO = Path(__file__).resolve().parents[1] / "instantportrait" / "demo" / "models"
 PACK = DEMO / ts.FACE_PACK_DIR
 CLIP_PATH = DEMO / ts.CLIP_DIR / ts.CLIP_FILE
 N_TEST = 20
@@ -42,7 +42,7 @@ def test_samples(world):
 
 @pytest.fixture(scope="module")
 def encoder():
-    from instantportrait.face import FaceEncoder
+    from instantportrait.face.encoder import FaceEncoder
 
     assert (PACK / ts.DET_FILE).is_file() and (PACK / ts.REC_FILE).is_file(), \
         f"the demo face pack is missing; build it with `python -m train.train_scorers --out {DEMO}`"
@@ -51,7 +51,7 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def scorer():
-    from instantportrait.clip_score import ClipScorer
+    from instantportrait.eval.clip_score import ClipScorer
 
     assert CLIP_PATH.is_file(), f"the demo CLIP is missing; build it with `python -m train.train_scorers --out {DEMO}`"
     return ClipScorer(weights=CLIP_PATH).load()
@@ -88,7 +88,7 @@ def test_shipped_pack_finds_held_out_faces_with_landmarks(encoder, test_samples)
 
 @pytest.mark.parametrize("det_size", [128, 320])
 def test_shipped_pack_works_at_other_det_sizes_and_image_sizes(encoder, test_samples, det_size):
-    from instantportrait.face import FaceEncoder
+    from instantportrait.face.encoder import FaceEncoder
 
     enc = FaceEncoder(PACK, det_size=(det_size, det_size)).load()
     s = test_samples[0]
@@ -238,8 +238,8 @@ def test_config_rejects_bad_values():
 
 # ---------------------------------------------------------------------------------------------- --quick training
 def test_quick_training_writes_loadable_deterministic_scorers(tmp_path):
-    from instantportrait.clip_score import ClipScorer
-    from instantportrait.face import FaceEncoder
+    from instantportrait.eval.clip_score import ClipScorer
+    from instantportrait.face.encoder import FaceEncoder
 
     result = ts.main(["--out", str(tmp_path / "a"), "--quick"])
     pack, clip_file = tmp_path / "a" / ts.FACE_PACK_DIR, tmp_path / "a" / ts.CLIP_DIR / ts.CLIP_FILE

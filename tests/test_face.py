@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.faces import drawn_face as _drawn_face
 from PIL import Image
 
 from instantportrait.errors import InvalidImageError, ModelNotAvailableError, NoFaceError
-from instantportrait.face import FaceEncoder, FaceResult, resolve_pack, to_bgr
-from instantportrait.testing_face import DET_FILE, REC_EMBED_DIM, REC_FILE, build_tiny_face_pack
-from instantportrait.testing_face import drawn_face as _drawn_face
+from instantportrait.face.encoder import FaceEncoder, FaceResult, resolve_pack, to_bgr
+from instantportrait.tiny.face_pack import DET_FILE, REC_EMBED_DIM, REC_FILE, build_tiny_face_pack
 
 # insightface's face_align calls a scikit-image API deprecated in 0.26; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from instantportrait.errors import ModelNotAvailableError, NoFaceError
-from instantportrait.keypoints import FACE_KPS_COLORS, draw_face_keypoints, draw_openpose_head
+from instantportrait.face.keypoints import FACE_KPS_COLORS, draw_face_keypoints, draw_openpose_head
 from instantportrait.methods import EditSettings, get_editor
 from instantportrait.methods.instantid import (
     InstantIDConfig,

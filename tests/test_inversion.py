@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from instantportrait.inversion import (
+from instantportrait.tiny.diffusion import tiny_scheduler, tiny_unet
+from instantportrait.training.inversion import (
     ddim_invert,
     ddim_sample,
     ddim_timesteps,
@@ -17,7 +18,6 @@ from instantportrait.inversion import (
     stochastic_start,
     teacher_target,
 )
-from instantportrait.testing import tiny_scheduler, tiny_unet
 
 T_END, STEPS = 400, 5
 

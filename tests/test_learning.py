@@ -3,7 +3,7 @@ faces), a few hundred CPU steps of IDE-Net and then of IPNet lower their losses 
 output ends closer to the target than its initialisation was. Everything runs through ``train_idenet.train`` /
 ``train_ipnet.train`` and the trainers' own loss functions; the numbers are printed (``pytest -s``).
 
-The model is the tiny InstructPix2Pix of ``instantportrait.testing`` (random weights, 8x VAE: 32 px images, 4x4
+The model is the tiny InstructPix2Pix of ``instantportrait.tiny.diffusion`` (random weights, 8x VAE: 32 px images, 4x4
 latents) with one change: the frozen random VAE's ``scaling_factor`` is fitted so the scaled latents have unit
 variance, as SD's 0.18215 was fitted for its VAE (with the default factor the signal would be ~0.05 of the noise).
 A random VAE cannot reconstruct pixels, but its latents still differ between source and target, so the edit is a
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.pairs import write_synthetic_pairs
 from torch.utils.data import default_collate
 
-from instantportrait.data import PairedEditDataset, write_synthetic_pairs
+from instantportrait.training.data import PairedEditDataset
 from train import train_idenet, train_ipnet
 from train.common import read_log, step_generator
 from train.config import IDENetConfig, IPNetConfig, LossWeights
@@ -33,7 +34,7 @@ def _learning_model(path: Path, data: Path) -> Path:
     """The tiny InstructPix2Pix with the VAE scaling factor fitted to the data (unit-variance scaled latents)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from instantportrait.testing import tiny_instruct_pix2pix_components
+    from instantportrait.tiny.diffusion import tiny_instruct_pix2pix_components
 
     parts = tiny_instruct_pix2pix_components(path.parent / "work", seed=0)
     ds = PairedEditDataset(data, 32)

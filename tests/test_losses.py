@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instantportrait.arcface import DifferentiableArcFace, IResNet
-from instantportrait.inversion import resolve_alphas_cumprod
-from instantportrait.losses import (
+from instantportrait.tiny.diffusion import tiny_scheduler, tiny_unet, tiny_vae
+from instantportrait.training.arcface import DifferentiableArcFace, IResNet
+from instantportrait.training.inversion import resolve_alphas_cumprod
+from instantportrait.training.losses import (
     UNetFeatureDiscriminator,
     annealing_identity_weight,
     arcface_align,
@@ -35,7 +36,6 @@ from instantportrait.losses import (
     unet_encoder_features,
     vae_encoder_feature_fn,
 )
-from instantportrait.testing import tiny_scheduler, tiny_unet, tiny_vae
 
 # Five plausible landmarks (eyes, nose, mouth corners) on skimage's astronaut, and a tilted, smaller face.
 ASTRONAUT_KPS = ((190.0, 100.0), (250.0, 95.0), (222.0, 130.0), (198.0, 160.0), (245.0, 157.0))

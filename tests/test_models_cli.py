@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from instantportrait import cli, hub, models_cli
+from instantportrait import hub
+from instantportrait.cli import main as cli
+from instantportrait.cli import models as models_cli
 from instantportrait.config import MODELS
 from instantportrait.errors import ModelNotAvailableError
-from instantportrait.insightface_packs import onnx_role, place_pack_from_zip, verify_pack
+from instantportrait.face.packs import onnx_role, place_pack_from_zip, verify_pack
 
 IP2P = MODELS["instructpix2pix"]
 MAGICBRUSH = MODELS["magicbrush"]
@@ -240,7 +242,7 @@ def make_zip(path: Path, members: dict[str, Path | bytes]) -> Path:
 
 @pytest.mark.parametrize("layout", ["nested", "flat"])
 def test_pack_from_zip_loads_in_face_encoder(layout, tmp_path, tiny_face_pack, astronaut_image, capsys):
-    from instantportrait.face import FaceEncoder
+    from instantportrait.face.encoder import FaceEncoder
 
     prefix = "antelopev2/" if layout == "nested" else ""
     det, rec = tiny_face_pack / "det_tiny.onnx", tiny_face_pack / "w_tiny.onnx"
@@ -298,7 +300,7 @@ def test_onnx_roles_follow_insightface_routing(tiny_face_pack):
 
 
 def test_clip_file_lookup_matches_clip_score():
-    from instantportrait.clip_score import expected_clip_file
+    from instantportrait.eval.clip_score import expected_clip_file
 
     for variant in ("ViT-L/14", "ViT-B/32", "ViT-L/14@336px"):
         assert models_cli.clip_weights_path(variant, "/x")[0] == expected_clip_file(variant, "/x")
@@ -437,7 +439,7 @@ def test_download_failure_names_the_file_and_resumes(fake_hub, tmp_path, capsys)
 
 @pytest.mark.parametrize("path", [None, "{pack}.zip"])
 def test_download_pack_from_a_hub_mirror(path, fake_hub, tmp_path, capsys):
-    from instantportrait.face import FaceEncoder
+    from instantportrait.face.encoder import FaceEncoder
 
     root = tmp_path / "root"
     extra = ["--insightface-path", path] if path else []

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from instantportrait import InstantPortraitPipeline, ipnet_from_instruct_pix2pix, widen_conv_in
-from instantportrait.pipeline import predicted_x0
-from instantportrait.testing import tiny_unet
+from instantportrait.pipelines.ipnet import predicted_x0
+from instantportrait.tiny.diffusion import tiny_unet
 
 
 @pytest.fixture(scope="module")

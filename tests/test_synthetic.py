@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from instantportrait.synthetic import (
+from instantportrait.demo import (
     CURATED_COMBOS,
     EDIT_DEFS,
     PAIRS_FORMAT,
@@ -23,7 +23,7 @@ from instantportrait.synthetic import (
     parse_instruction,
     render_portrait,
 )
-from instantportrait.synthetic.world import _ARCFACE_112
+from instantportrait.demo.world import _ARCFACE_112
 
 EVERY_EDIT = [Edit(name, d.colors[0] if d.colors else None) for name, d in EDIT_DEFS.items()]
 
@@ -308,9 +308,9 @@ def test_identity_crops_are_aligned_and_labelled(world):
 
 def test_crop_warp_matches_the_training_alignment_and_moves_pixels_where_it_says():
     torch = pytest.importorskip("torch")
-    from instantportrait.losses import arcface_template, similarity_transform
-    from instantportrait.synthetic.render import Render
-    from instantportrait.synthetic.world import _crop, similarity_matrix
+    from instantportrait.demo.render import Render
+    from instantportrait.demo.world import _crop, similarity_matrix
+    from instantportrait.training.losses import arcface_template, similarity_transform
 
     kps = np.array([[40.0, 50.0], [80.0, 48.0], [61.0, 70.0], [46.0, 92.0], [77.0, 90.0]])
     ours = similarity_matrix(kps, _ARCFACE_112)

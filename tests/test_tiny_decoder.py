@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from instantportrait import InstantPortraitPipeline, ModelNotAvailableError
-from instantportrait.testing import portrait_like_image, tiny_vae
-from instantportrait.tiny_decoder import (
+from instantportrait.pipelines.tiny_decoder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     TinyDecoderConfig,
@@ -19,6 +18,8 @@ from instantportrait.tiny_decoder import (
     load_tiny_decoder,
     save_tiny_decoder,
 )
+from instantportrait.tiny.diffusion import tiny_vae
+from instantportrait.tiny.images import portrait_like_image
 from train import train_tiny_decoder as ttd
 
 FAST = {"size": 32, "world_identities": 12, "batch_size": 8, "num_images": 32, "latency_repeats": 1}

@@ -1,5 +1,6 @@
 """Training infrastructure: config dataclasses (YAML round trip, overrides, errors, every shipped config), the
-paired-dataset reader (instantportrait.data) and the shared plumbing in train/common.py (data stream, checkpoints)."""
+paired-dataset reader (instantportrait.training.data) and the shared plumbing in train/common.py (data stream,
+checkpoints)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixtures.pairs import write_synthetic_pairs
 
-from instantportrait.data import FORMAT, PairedEditDataset, face_boxes, read_dataset, write_synthetic_pairs
+from instantportrait.training.data import FORMAT, PairedEditDataset, face_boxes, read_dataset
 from train.common import StepBatchSampler, list_checkpoints, prune_checkpoints, resolve_resume, step_generator
 from train.config import (
     CONFIG_CLASSES,

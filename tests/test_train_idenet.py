@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.pairs import write_synthetic_pairs
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
 
-from instantportrait.data import PairedEditDataset, write_synthetic_pairs
 from instantportrait.errors import ModelNotAvailableError
+from instantportrait.training.data import PairedEditDataset
 from train import train_idenet
 from train.common import read_log, step_generator
 from train.config import IDENetConfig, load_config_file

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.pairs import write_synthetic_pairs
 from safetensors.torch import load_file
 from torch.utils.data import default_collate
 
-from instantportrait.data import PairedEditDataset, write_synthetic_pairs
+from instantportrait.training.data import PairedEditDataset
 from train import train_ipnet
 from train.common import read_log, step_generator, tensor_to_pil
 from train.config import IPNetConfig, LossWeights, load_config_file, save_config
@@ -120,8 +121,8 @@ def test_pair_term_is_the_latent_l2_to_the_pairs_own_target(tmp_path, tiny_ip2p,
     # pair_face_weight: the same squared errors, weighted up inside the face box (from the batch's boxes/landmarks)
     from dataclasses import replace
 
-    from instantportrait.data import face_boxes
-    from instantportrait.losses import box_weight_map, paired_regression_loss
+    from instantportrait.training.data import face_boxes
+    from instantportrait.training.losses import box_weight_map, paired_regression_loss
 
     wrapper.settings = replace(wrapper.settings, pair_face_weight=4.0)
     with torch.no_grad():

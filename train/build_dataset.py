@@ -70,13 +70,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .instructions import CATEGORIES, EditInstruction, load_instructions, template_instructions
+from train.instructions import CATEGORIES, EditInstruction, load_instructions, template_instructions
 
 if TYPE_CHECKING:
     import PIL.Image
 
-    from instantportrait.clip_score import ClipScorer
-    from instantportrait.face import FaceEncoder, FaceResult
+    from instantportrait.eval.clip_score import ClipScorer
+    from instantportrait.face.encoder import FaceEncoder, FaceResult
     from instantportrait.methods.base import Editor, EditSettings
 
 logger = logging.getLogger("train.build_dataset")
@@ -951,14 +951,14 @@ def load_components(config: BuildConfig, locations: Locations, device: str) -> C
                             image_guidance_scale=config.image_guidance_scale)
     face = clip = None
     if config.face_filter:
-        from instantportrait.face import FaceEncoder
+        from instantportrait.face.encoder import FaceEncoder
 
         pack: str | Path = Path(locations.face_pack) if Path(locations.face_pack).expanduser().is_dir() \
             else locations.face_pack
         face = FaceEncoder(pack, device=device, det_size=(config.det_size, config.det_size),
                            det_thresh=config.det_thresh).load()
     if config.clip_filter:
-        from instantportrait.clip_score import ClipScorer
+        from instantportrait.eval.clip_score import ClipScorer
 
         clip_dtype = dtype if torch.device(device).type == "cuda" else torch.float32
         if locations.clip is not None and Path(locations.clip).expanduser().is_file():

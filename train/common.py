@@ -39,8 +39,7 @@ import PIL.Image
 import torch
 
 from instantportrait.errors import ModelNotAvailableError, NoFaceError
-
-from .config import CONFIG_FILE, TrainConfig, config_to_dict, load_config_file, save_config
+from train.config import CONFIG_FILE, TrainConfig, config_to_dict, load_config_file, save_config
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def load_identity_model(path: str, device: torch.device, dtype: torch.dtype = to
             "unzip a copy of the pack into ~/.insightface/models/antelopev2/). Or set identity_model to another "
             "recognition ONNX, or train without the identity loss (IDE-Net: identity_weighting: none; IPNet: "
             "weights.identity: 0). insightface's weights are for non-commercial research only.")
-    from instantportrait.arcface import DifferentiableArcFace
+    from instantportrait.training.arcface import DifferentiableArcFace
 
     return DifferentiableArcFace.from_onnx(file, device=device, dtype=dtype)
 
@@ -383,7 +382,7 @@ def make_validation_scorers(cfg: TrainConfig, device: torch.device) -> tuple[Any
     ``ModelNotAvailableError`` now, not at the first validation)."""
     face = clip = None
     if cfg.face_pack:
-        from instantportrait.face import FaceEncoder
+        from instantportrait.face.encoder import FaceEncoder
 
         face = FaceEncoder(cfg.face_pack, device=str(device)).load()
     if cfg.clip:
@@ -392,7 +391,7 @@ def make_validation_scorers(cfg: TrainConfig, device: torch.device) -> tuple[Any
 
 
 def make_clip_scorer(name: str, device: torch.device) -> Any:
-    from instantportrait.clip_score import ClipScorer
+    from instantportrait.eval.clip_score import ClipScorer
 
     file = Path(name).expanduser()
     scorer = ClipScorer(weights=file, device=device) if file.is_file() else ClipScorer(name, device=device)

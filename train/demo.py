@@ -1,4 +1,4 @@
-"""python -m train.demo --out instantportrait/demo_models [--seed 0] [--quick]
+"""python -m train.demo --out instantportrait/demo/models [--seed 0] [--quick]
 
 Train the offline demo models of the synthetic portrait world with the project's real trainers:
 
@@ -26,7 +26,7 @@ Train the offline demo models of the synthetic portrait world with the project's
    one-step L1 to the rendered target is at least ``--ship-bar`` (20%) below the unchanged source's.
 
 Each stage records ``<work>/<stage>.done.json`` when it finishes; a rerun with the same settings reuses it, so an
-interrupted run continues at the first unfinished stage. ``python -m train.demo --evaluate instantportrait/demo_models``
+interrupted run continues at the first unfinished stage. ``python -m train.demo --evaluate instantportrait/demo/models``
 scores shipped models on 200 held-out pairs and prints issue #4's acceptance checks. Everything is deterministic
 given ``--seed`` (data, initialisation, trainer draws).
 """
@@ -150,7 +150,7 @@ def build_base(folder: Path, data: Path, cfg: DemoConfig) -> Path:
     """Write the world's InstructPix2Pix-format base checkpoint (trained VAE, frozen random text encoder, new UNet)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
 
-    from instantportrait.testing import tiny_clip_tokenizer, tiny_scheduler, tiny_text_encoder
+    from instantportrait.tiny.diffusion import tiny_clip_tokenizer, tiny_scheduler, tiny_text_encoder
 
     words = world_words(data / "manifest.jsonl")
     tokenizer = tiny_clip_tokenizer(folder.parent / "tokenizer_src", words=words)
@@ -278,9 +278,9 @@ class DemoScorers:
 
     @classmethod
     def load(cls, face_pack: str | Path | None = None, clip: str | Path | None = None) -> DemoScorers:
-        from instantportrait.clip_score import ClipScorer
         from instantportrait.config import DEMO_CLIP, DEMO_FACE_PACK
-        from instantportrait.face import FaceEncoder
+        from instantportrait.eval.clip_score import ClipScorer
+        from instantportrait.face.encoder import FaceEncoder
 
         return cls(FaceEncoder(face_pack or DEMO_FACE_PACK).load(), ClipScorer(weights=clip or DEMO_CLIP).load())
 
@@ -340,9 +340,9 @@ def evaluate(folder: Path, *, seed: int = 0, num_identities: int = 120, n: int =
     """
     from PIL import Image
 
+    from instantportrait.demo import World
     from instantportrait.methods import get_editor
     from instantportrait.methods.base import EditSettings
-    from instantportrait.synthetic import World
 
     world = World(seed, num_identities, size=size)
     samples = list(world.samples("test", n))
@@ -440,7 +440,7 @@ def _stage(work: Path, name: str, key: dict[str, Any], fn: Callable[[], Path], t
 def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float = SHIP_BAR,
         force_ship: bool = False) -> dict[str, Any]:
     """The whole demo run; returns the evaluation and whether the models were shipped into ``out``."""
-    from instantportrait.synthetic import World
+    from instantportrait.demo import World
     from train import train_idenet, train_ipnet
 
     work = Path(work) if work else out / ".demo_work"
@@ -539,7 +539,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("instantportrait/demo_models"))
+    p.add_argument("--out", type=Path, default=Path("instantportrait/demo/models"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes and a handful of steps (tests)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: <out>/.demo_work)")

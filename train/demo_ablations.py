@@ -1,4 +1,4 @@
-"""python -m train.demo_ablations [--work instantportrait/demo_models/.demo_work] [--out results/toy_ablations]
+"""python -m train.demo_ablations [--work instantportrait/demo/models/.demo_work] [--out results/toy_ablations]
 
 The poster's ablations at toy scale, on the synthetic world, with the project's real trainers (issue #4, item 4).
 It needs a finished ``python -m train.demo`` work folder (its exported pairs, world base checkpoint and IDE-Net) and
@@ -175,7 +175,7 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    p.add_argument("--work", type=Path, default=Path("instantportrait/demo_models/.demo_work"),
+    p.add_argument("--work", type=Path, default=Path("instantportrait/demo/models/.demo_work"),
                    help="the work folder of a finished `python -m train.demo` run")
     p.add_argument("--out", type=Path, default=Path("results/toy_ablations"))
     p.add_argument("--idenet-steps", type=int, default=500)

@@ -30,10 +30,14 @@ import torch
 import yaml
 from torch import nn
 
-from instantportrait.losses import annealing_identity_weight, constant_identity_weight, epsilon_loss, identity_loss
-from instantportrait.pipeline import predicted_x0, widen_conv_in
-
-from .common import (
+from instantportrait.pipelines.ipnet import predicted_x0, widen_conv_in
+from instantportrait.training.losses import (
+    annealing_identity_weight,
+    constant_identity_weight,
+    epsilon_loss,
+    identity_loss,
+)
+from train.common import (
     LOG_FILE,
     UNET_DIR,
     JsonlLogger,
@@ -60,7 +64,7 @@ from .common import (
     train_loop,
     weight_dtype,
 )
-from .config import CONFIG_FILE, IDENetConfig, config_to_dict, parse_config, save_config
+from train.config import CONFIG_FILE, IDENetConfig, config_to_dict, parse_config, save_config
 
 STREAM = "idenet"
 
@@ -231,7 +235,7 @@ def save_idenet(unet: nn.Module, base_path: Path, cfg: IDENetConfig, out: Path, 
 # ---------------------------------------------------------------------------------------------------- training
 def train(cfg: IDENetConfig) -> Path:
     """Train IDE-Net as ``cfg`` says; returns the output folder (a loadable pipeline)."""
-    from instantportrait.data import PairedEditDataset
+    from instantportrait.training.data import PairedEditDataset
 
     accelerator = make_accelerator(cfg)
     device, frozen_dtype = accelerator.device, weight_dtype(cfg.mixed_precision)

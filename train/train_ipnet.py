@@ -42,9 +42,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from instantportrait.data import face_boxes
-from instantportrait.inversion import teacher_target
-from instantportrait.losses import (
+from instantportrait.pipelines.ipnet import InstantPortraitPipeline, ipnet_from_instruct_pix2pix
+from instantportrait.training.data import face_boxes
+from instantportrait.training.inversion import teacher_target
+from instantportrait.training.losses import (
     UNetFeatureDiscriminator,
     box_weight_map,
     distillation_loss,
@@ -59,9 +60,7 @@ from instantportrait.losses import (
     triplet_loss,
     vae_encoder_feature_fn,
 )
-from instantportrait.pipeline import InstantPortraitPipeline, ipnet_from_instruct_pix2pix
-
-from .common import (
+from train.common import (
     LOG_FILE,
     UNET_DIR,
     JsonlLogger,
@@ -89,7 +88,7 @@ from .common import (
     train_loop,
     weight_dtype,
 )
-from .config import CONFIG_FILE, IPNetConfig, config_to_dict, parse_config, save_config
+from train.config import CONFIG_FILE, IPNetConfig, config_to_dict, parse_config, save_config
 
 DISC_FILE = "discriminator.safetensors"
 LOSS_TERMS = ("adv", "distill", "sds", "triplet", "identity", "pair")
@@ -460,7 +459,7 @@ def save_ipnet(student_unet: nn.Module, init_path: Path, cfg: IPNetConfig, out: 
 # ---------------------------------------------------------------------------------------------------- training
 def train(cfg: IPNetConfig) -> Path:
     """Train IPNet as ``cfg`` says; returns the output folder (a loadable ``InstantPortraitPipeline``)."""
-    from instantportrait.data import PairedEditDataset
+    from instantportrait.training.data import PairedEditDataset
 
     accelerator = make_accelerator(cfg, find_unused_parameters=True)
     device = accelerator.device

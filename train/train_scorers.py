@@ -1,6 +1,6 @@
 """Train the offline demo scorers on the synthetic portrait world: an insightface-layout face pack and a small CLIP.
 
-    python -m train.train_scorers --out instantportrait/demo_models/ [--seed 0] [--quick]
+    python -m train.train_scorers --out instantportrait/demo/models/ [--seed 0] [--quick]
 
 Writes into ``--out``:
 
@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from instantportrait.synthetic import Sample, World, caption, describe_edits, random_scene
-from instantportrait.synthetic.world import similarity_matrix
+from instantportrait.demo import Sample, World, caption, describe_edits, random_scene
+from instantportrait.demo.world import similarity_matrix
 
 AUX_WORLD_SEED_OFFSET = 10_000  # the auxiliary identities' world: far from any demo world seed
 FACE_PACK_DIR = "face_pack"
@@ -534,7 +534,7 @@ def train_identity(pool: Pool, cfg: ScorerConfig, log: Any) -> IdentityNet:
 # ============================================================================================== CLIP
 def make_clip(cfg: ScorerConfig) -> nn.Module:
     """A small ``clip.model.CLIP`` with the real vocabulary and context length (so ``clip.tokenize`` works)."""
-    from instantportrait.clip_score import _clip_module
+    from instantportrait.eval.clip_score import _clip_module
 
     clip = _clip_module()
     return clip.model.CLIP(
@@ -563,7 +563,7 @@ def clip_pixels(images: Sequence[Image.Image] | np.ndarray, resolution: int) -> 
 def train_clip(pool: Pool, cfg: ScorerConfig, log: Any) -> nn.Module:
     """Contrastive training (symmetric InfoNCE, identical texts count as positives). Each batch holds whole
     (unedited, edited) pairs, so a picture and its one-edit-apart twin are always each other's hard negatives."""
-    from instantportrait.clip_score import _clip_module
+    from instantportrait.eval.clip_score import _clip_module
 
     tokenize = _clip_module().tokenize
     torch.manual_seed(cfg.seed + 2)
@@ -675,7 +675,7 @@ def evaluate_face_pack(folder: str | Path, samples: Sequence[Sample], *, n_blank
     * ``same_photo``: cosine of two different photos (scenes, edits) of one person;
     * ``different``: cosine of sources of different people; ``blank_detections``: faces found on face-free images.
     """
-    from instantportrait.face import FaceEncoder
+    from instantportrait.face.encoder import FaceEncoder
 
     enc = FaceEncoder(folder, det_size=(det_size, det_size)).load()
     found, errors, results = 0, [], []
@@ -725,7 +725,7 @@ def evaluate_face_pack(folder: str | Path, samples: Sequence[Sample], *, n_blank
 def evaluate_clip(path: str | Path, samples: Sequence[Sample]) -> dict[str, Any]:
     """CLIP-T ranking on world ``samples``: how often the edited target scores a higher CLIP-T with the target's
     description than the unedited source does (full caption, identity-free caption, 'a photo of a person' + edit)."""
-    from instantportrait.clip_score import ClipScorer
+    from instantportrait.eval.clip_score import ClipScorer
 
     scorer = ClipScorer(weights=path).load()
     src = scorer.image_features([s.source for s in samples])  # (n, D)
@@ -781,11 +781,11 @@ tags: [toy-model, synthetic-data, insightface-layout, instantportrait-demo]
 # Demo face pack (toy model, synthetic data)
 
 **A toy.** A face detector and an identity encoder trained in minutes on a CPU on the *synthetic* portrait world of
-`instantportrait.synthetic` (procedurally drawn faces). It exists so that the benchmark and the app can measure
+`instantportrait.demo` (procedurally drawn faces). It exists so that the benchmark and the app can measure
 identity similarity offline through the same `FaceEncoder` / insightface code path as with `buffalo_l`. It has
 never seen a photograph; on real faces its outputs are meaningless. Do not use it to identify anyone.
 
-Load: `FaceEncoder("instantportrait/demo_models/{FACE_PACK_DIR}")` (insightface 2.1 routes the files itself).
+Load: `FaceEncoder("instantportrait/demo/models/{FACE_PACK_DIR}")` (insightface 2.1 routes the files itself).
 
 {files}
 
@@ -795,7 +795,7 @@ train split plus {cfg.aux_identities} people of another world (seed {AUX_WORLD_S
 sepia, neon, ...), so edits are augmentations the encoder learns to ignore. Detector: {cfg.det_steps} steps of
 {cfg.det_batch} (zoom 0.5-1.5x, flips, letterboxing, blur, noise, random det_size; {cfg.det_negative_prob:.0%}
 face-free images). Encoder: {cfg.rec_steps} steps of {cfg.rec_batch} crops with jittered landmarks. Seed
-{cfg.seed}; `python -m train.train_scorers --out instantportrait/demo_models/` ({seconds / 60:.1f} min on this
+{cfg.seed}; `python -m train.train_scorers --out instantportrait/demo/models/` ({seconds / 60:.1f} min on this
 machine's CPU, face pack and CLIP together).
 
 ## Measured on the demo world's test split (people never seen in training; `FaceEncoder`, det_size {m['det_size']})
@@ -835,8 +835,8 @@ knows this world's words only (glasses, sunglasses, headset, hats, mustache, bea
 drape, forest, underwater, grayscale yearbook, sepia, neon, skin tones, hair, eyes, backdrops) and has never seen
 a photograph.
 
-Load: `ClipScorer(weights="instantportrait/demo_models/{CLIP_DIR}/{CLIP_FILE}")` ({size_mb:.1f} MB, float16).
-Trained with `python -m train.train_scorers --out instantportrait/demo_models/` (seed {cfg.seed};
+Load: `ClipScorer(weights="instantportrait/demo/models/{CLIP_DIR}/{CLIP_FILE}")` ({size_mb:.1f} MB, float16).
+Trained with `python -m train.train_scorers --out instantportrait/demo/models/` (seed {cfg.seed};
 {seconds / 60:.1f} min on this machine's CPU together with the face pack). Data: the same renders as the demo face
 pack (demo world seed {cfg.world_seed} train split plus {cfg.aux_identities} people of another world, each scene
 without and with edits, so every picture's one-edit-apart twin is in its batch as a hard negative); texts: the full

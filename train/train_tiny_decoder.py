@@ -41,7 +41,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from instantportrait.tiny_decoder import (
+from instantportrait.pipelines.tiny_decoder import (
     TinyDecoder,
     build_tiny_decoder,
     check_compatible,
@@ -50,8 +50,7 @@ from instantportrait.tiny_decoder import (
     read_tiny_decoder_info,
     save_tiny_decoder,
 )
-
-from .common import LOG_FILE, JsonlLogger, resolve_model_path, step_generator
+from train.common import LOG_FILE, JsonlLogger, resolve_model_path, step_generator
 
 DEMO_WORLD = "demo-world"
 CHECKPOINT_DIR = "checkpoint"
@@ -135,7 +134,7 @@ def to_uint8(images: list[PIL.Image.Image], size: int) -> torch.Tensor:
 
 def world_images(split: str, n: int, size: int, seed: int, num_identities: int) -> list[PIL.Image.Image]:
     """``n`` images of a world split: the sources and targets of its first ``ceil(n / 2)`` samples, in turn."""
-    from instantportrait.synthetic import World
+    from instantportrait.demo import World
 
     world = World(seed, num_identities, size=size)
     out: list[PIL.Image.Image] = []
@@ -379,14 +378,14 @@ def evaluate(tiny: TinyDecoder, model: str, *, n: int = 64, size: int = 64, worl
     l1_to_image, psnr_to_image}}, "edits": {...} | None, "latency_ms": {full, tiny}, "gflop": {full, tiny}, ...}``
     (pixels in [0, 1]; ``edits`` only when ``model`` is an ``InstantPortraitPipeline`` folder and ``edits``).
     """
-    from instantportrait.synthetic import World
+    from instantportrait.demo import World
 
     device = torch.device(device)
     tiny = tiny.to(device).eval()
     pipe = None
     folder = _ipnet_folder(str(resolve_model_path(model))) if edits else None
     if folder is not None:
-        from instantportrait.pipeline import InstantPortraitPipeline
+        from instantportrait.pipelines.ipnet import InstantPortraitPipeline
 
         pipe = InstantPortraitPipeline.from_pretrained(folder, dtype=torch.float32).to(device)
         pipe.set_progress_bar_config(disable=True)

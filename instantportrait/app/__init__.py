@@ -1,11 +1,26 @@
 """The Gradio app's logic, separate from its layout (``app.py``): settings, model sources, the LRU model manager,
 scoring and request handling. Nothing here imports gradio."""
 
-from ..methods.sources import TINY_LABEL, ModelSource, TinyModels, demo_model_dir, resolve_source, resolve_sources
-from .logic import EditRequest, EditService, InputError, MethodResult, RequestResult, prepare_input, zero_gpu
-from .manager import ModelManager, editor_nbytes
-from .scoring import Scorers
-from .settings import AppSettings, settings_from_args
+from instantportrait.app.logic import (
+    EditRequest,
+    EditService,
+    InputError,
+    MethodResult,
+    RequestResult,
+    prepare_input,
+    zero_gpu,
+)
+from instantportrait.app.manager import ModelManager, editor_nbytes
+from instantportrait.app.scoring import Scorers
+from instantportrait.app.settings import AppSettings, settings_from_args
+from instantportrait.methods.sources import (
+    TINY_LABEL,
+    ModelSource,
+    TinyModels,
+    demo_model_dir,
+    resolve_source,
+    resolve_sources,
+)
 
 __all__ = [
     "TINY_LABEL",

@@ -31,13 +31,20 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from ..errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError
-from ..imageio import LoadedImage, load_image, prepare_image
-from ..methods import EditSettings, get_editor, list_methods
-from ..methods.sources import TINY_LABEL, ModelSource, TinyModels, estimate_bytes, method_overrides, resolve_sources
-from .manager import ModelManager
-from .scoring import Scorers, SourceFaces
-from .settings import AppSettings
+from instantportrait.app.manager import ModelManager
+from instantportrait.app.scoring import Scorers, SourceFaces
+from instantportrait.app.settings import AppSettings
+from instantportrait.errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError
+from instantportrait.imageio import LoadedImage, load_image, prepare_image
+from instantportrait.methods import EditSettings, get_editor, list_methods
+from instantportrait.methods.sources import (
+    TINY_LABEL,
+    ModelSource,
+    TinyModels,
+    estimate_bytes,
+    method_overrides,
+    resolve_sources,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +102,7 @@ class TokenCounter:
     def _clip_bpe(self) -> Any:
         with self._lock:
             if self._bpe is None:
-                from ..clip_score import _clip_module
+                from instantportrait.eval.clip_score import _clip_module
 
                 self._bpe = _clip_module().simple_tokenizer.SimpleTokenizer()
             return self._bpe
@@ -316,7 +323,7 @@ class EditService:
 
     # ------------------------------------------------------------------ what the UI lists
     def label(self, method: str) -> str:
-        from ..methods import editor_class
+        from instantportrait.methods import editor_class
 
         return editor_class(method).label
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..methods import Editor
+from instantportrait.methods import Editor
 
 logger = logging.getLogger(__name__)
 

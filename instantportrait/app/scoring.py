@@ -13,8 +13,8 @@ from typing import Any
 
 import PIL.Image
 
-from ..demo_scorers import DEFAULT_FACE_PACK, demo_clip_for, demo_face_pack_for
-from ..errors import InstantPortraitError, ModelNotAvailableError
+from instantportrait.demo.scorers import DEFAULT_FACE_PACK, demo_clip_for, demo_face_pack_for
+from instantportrait.errors import InstantPortraitError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Scorers:
 
     # ------------------------------------------------------------------ set-up (fast: no model is loaded here)
     def _setup_face(self, pack: str | Path, tiny_root: str | Path | None) -> None:
-        from ..face import FaceEncoder, check_pack_folder
+        from instantportrait.face.encoder import FaceEncoder, check_pack_folder
 
         try:
             encoder = FaceEncoder(pack, device=self.device)
@@ -73,7 +73,7 @@ class Scorers:
             self.face_label = f"face model: demo pack (toy, synthetic portraits only; {DEFAULT_FACE_PACK} missing)"
             return
         if tiny_root is not None:
-            from ..testing_face import build_tiny_face_pack
+            from instantportrait.tiny.face_pack import build_tiny_face_pack
 
             folder = build_tiny_face_pack(Path(tiny_root) / "tiny_face_pack")
             self._face = FaceEncoder(folder, device=self.device)
@@ -82,7 +82,7 @@ class Scorers:
         self.face_error, self.face_label = error, "face model: not available"
 
     def _setup_clip(self, clip: str | Path | None, tiny_root: str | Path | None) -> None:
-        from ..clip_score import ClipScorer
+        from instantportrait.eval.clip_score import ClipScorer
 
         try:
             scorer = (ClipScorer(weights=clip, device=self.device) if _is_file(clip)
@@ -103,7 +103,7 @@ class Scorers:
                 self._clip, self.clip_label = scorer, f"CLIP: {name}"
                 return
         if tiny_root is not None:
-            from ..testing_clip import build_tiny_clip
+            from instantportrait.tiny.clip import build_tiny_clip
 
             path = Path(tiny_root) / "tiny_clip.pt"
             if not path.is_file():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..methods.sources import DEMO_ROOT, SOURCE_KINDS
+from instantportrait.methods.sources import DEMO_ROOT, SOURCE_KINDS
 
 _TRUE = {"1", "true", "yes", "on"}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

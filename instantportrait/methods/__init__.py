@@ -1,7 +1,11 @@
 """Method registry: every editor the app and the benchmark can run, behind one ``Editor`` interface."""
 
-from . import diffusion, instantid, ipcontrol  # noqa: F401  (register their editors: ipnet ... magicbrush, instantid...)
-from .base import Editor, EditSettings, check_edit_inputs
-from .registry import editor_class, get_editor, list_methods, register
+from instantportrait.methods import (  # noqa: F401  (register their editors: ipnet ... magicbrush, instantid...)
+    diffusion,
+    instantid,
+    ipcontrol,
+)
+from instantportrait.methods.base import Editor, EditSettings, check_edit_inputs
+from instantportrait.methods.registry import editor_class, get_editor, list_methods, register
 
 __all__ = ["EditSettings", "Editor", "check_edit_inputs", "editor_class", "get_editor", "list_methods", "register"]

@@ -7,10 +7,10 @@ from typing import Any
 
 import PIL.Image
 
-from ..config import resolve_model
-from ..hub import cached_snapshot, hub_reachable, locate, offline_requested
-from .base import Editor, EditSettings, ProgressFn
-from .registry import register
+from instantportrait.config import resolve_model
+from instantportrait.hub import cached_snapshot, hub_reachable, locate, offline_requested
+from instantportrait.methods.base import Editor, EditSettings, ProgressFn
+from instantportrait.methods.registry import register
 
 
 class PipelineEditor(Editor):
@@ -48,7 +48,7 @@ class IPNetEditor(PipelineEditor):
     steps = 1
 
     def _load(self) -> Any:
-        from ..pipeline import InstantPortraitPipeline
+        from instantportrait.pipelines.ipnet import InstantPortraitPipeline
 
         pipe = InstantPortraitPipeline.from_pretrained(self.model_path(), dtype=self.dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -61,7 +61,7 @@ class IPNetEditor(PipelineEditor):
         return self._loaded
 
     def _build_random(self) -> Any:
-        from ..architectures import build_random_ipnet, resolve_architecture
+        from instantportrait.models.architectures import build_random_ipnet, resolve_architecture
 
         return build_random_ipnet(resolve_architecture(self.random_architecture), device=self.device,
                                   dtype=self.dtype)
@@ -103,7 +103,7 @@ class InstructPix2PixFamily(PipelineEditor):
         return pipe.to(self.device)
 
     def _build_random(self) -> Any:
-        from ..architectures import build_random_instruct_pix2pix, resolve_architecture
+        from instantportrait.models.architectures import build_random_instruct_pix2pix, resolve_architecture
 
         return build_random_instruct_pix2pix(resolve_architecture(self.random_architecture), device=self.device,
                                              dtype=self.dtype)

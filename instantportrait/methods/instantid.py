@@ -3,7 +3,8 @@
 InstantID is text-to-image with an identity: SDXL base, plus
 
 * **IdentityNet**, a ``ControlNetModel`` (released in ``InstantX/InstantID/ControlNetModel``) whose condition image
-  is the 5 facial keypoints drawn by :func:`instantportrait.keypoints.draw_face_keypoints` and whose cross-attention
+  is the 5 facial keypoints drawn by :func:`instantportrait.face.keypoints.draw_face_keypoints` and whose
+  cross-attention
   context is the 16 face tokens (not the text);
 * an **IP-Adapter** (``ip-adapter.bin``): a perceiver :class:`Resampler` maps the 512-d ArcFace embedding (antelopev2,
   *unnormalised*, as the release's ``face_info['embedding']``) to 16 tokens of the UNet's cross-attention width, and
@@ -54,12 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelSpec, resolve_model
-from ..errors import ModelNotAvailableError
-from ..hub import cached_snapshot, hub_reachable, locate, offline_requested
-from ..keypoints import draw_face_keypoints, template_keypoints
-from .base import Editor, EditSettings, ProgressFn
-from .registry import register
+from instantportrait.config import ModelSpec, resolve_model
+from instantportrait.errors import ModelNotAvailableError
+from instantportrait.face.keypoints import draw_face_keypoints, template_keypoints
+from instantportrait.hub import cached_snapshot, hub_reachable, locate, offline_requested
+from instantportrait.methods.base import Editor, EditSettings, ProgressFn
+from instantportrait.methods.registry import register
 
 # --------------------------------------------------------------------------------------------------------------------
 # Face projection: the perceiver resampler (512-d face embedding -> N tokens), in the release's key layout.
@@ -453,7 +454,7 @@ class SDXLArchitecture:
     controlnet_conditioning_channels: tuple[int, ...] = (16, 32, 96, 256)
 
 
-RANDOM_ARCH_ENV = "INSTANTPORTRAIT_RANDOM_ARCH"  # shared with instantportrait.architectures
+RANDOM_ARCH_ENV = "INSTANTPORTRAIT_RANDOM_ARCH"  # shared with instantportrait.models.architectures
 SDXL_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                   "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "timestep_spacing": "leading",
                   "steps_offset": 1, "interpolation_type": "linear", "use_karras_sigmas": False}
@@ -624,7 +625,7 @@ def write_clip_tokenizer_folder(folder: Path) -> Path:
     """A byte-level CLIP tokenizer saved as the SD/SDXL repos ship theirs (vocab.json, merges.txt, config)."""
     import json
 
-    from ..testing import write_tiny_clip_tokenizer_files
+    from instantportrait.tiny.diffusion import write_tiny_clip_tokenizer_files
 
     write_tiny_clip_tokenizer_files(folder)
     (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -661,12 +662,12 @@ class FaceConditionedEditor(Editor):
         return resolve_model(self.base_key, self.base_override)
 
     def face_encoder(self) -> Any:
-        from ..face import FaceEncoder
+        from instantportrait.face.encoder import FaceEncoder
 
         return FaceEncoder(self.config.face_pack, root=self.config.face_root, device=str(self.device))
 
     def _check_face_pack(self) -> None:
-        from ..face import check_pack_folder
+        from instantportrait.face.encoder import check_pack_folder
 
         enc = self.face_encoder()
         check_pack_folder(enc.spec, enc.folder)
@@ -810,7 +811,9 @@ class InstantIDEditor(FaceConditionedEditor):
         nets["unet"].to(self.device, self.dtype)
         from diffusers import EulerDiscreteScheduler
 
-        from ..architectures import random_weights_tokenizer  # byte-level BPE, special tokens at the real ids
+        from instantportrait.models.architectures import (  # byte-level BPE, special tokens at the real ids
+            random_weights_tokenizer,
+        )
 
         tokenizer = random_weights_tokenizer(arch.text_encoder["vocab_size"])
 

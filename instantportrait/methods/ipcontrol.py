@@ -5,7 +5,8 @@ MLP maps the *L2-normalised* 512-d ArcFace embedding of ``buffalo_l`` (the model
 tokens of the UNet's 768-d cross-attention width, and every UNet cross-attention attends to them through extra
 ``to_k_ip`` / ``to_v_ip`` projections (same processor as InstantID: :class:`~.instantid.IPAttnProcessor`). The layout
 comes from a **ControlNet** on the source: by default the SD1.5 OpenPose ControlNet fed with the head of an OpenPose
-skeleton drawn from the 5 face landmarks (:func:`~instantportrait.keypoints.draw_openpose_head`: the face's position
+skeleton drawn from the 5 face landmarks (:func:`~instantportrait.face.keypoints.draw_openpose_head`: the face's
+position
 and tilt, nothing else), or ``control="canny"``: the Canny ControlNet on the source's edges (keeps the whole layout,
 also what the instruction may want changed).
 
@@ -38,12 +39,12 @@ import PIL.Image
 import torch
 from torch import nn
 
-from ..config import ModelSpec, resolve_model
-from ..errors import ModelNotAvailableError
-from ..hub import locate
-from ..keypoints import canny_edges, draw_openpose_head, template_keypoints
-from .base import EditSettings, ProgressFn
-from .instantid import (
+from instantportrait.config import ModelSpec, resolve_model
+from instantportrait.errors import ModelNotAvailableError
+from instantportrait.face.keypoints import canny_edges, draw_openpose_head, template_keypoints
+from instantportrait.hub import locate
+from instantportrait.methods.base import EditSettings, ProgressFn
+from instantportrait.methods.instantid import (
     DenoiseInputs,
     FaceConditionedEditor,
     attention_module,
@@ -60,7 +61,7 @@ from .instantid import (
     weights_variant,
     write_clip_tokenizer_folder,
 )
-from .registry import register
+from instantportrait.methods.registry import register
 
 CONTROL_MODELS = {"openpose": "controlnet-openpose-sd15", "canny": "controlnet-canny-sd15"}
 LORA_TARGETS = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
@@ -151,9 +152,9 @@ SD15_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end"
 def sd15_ipcontrol_architecture() -> SD15Architecture:
     """SD1.5 (UNet 860M, CLIP ViT-L/14 text, VAE) + an SD1.5 ControlNet + FaceID's projection.
 
-    The SD1.5 configs are the shared ones in :mod:`instantportrait.architectures` (its InstructPix2Pix UNet with the
-    original 4-channel ``conv_in``)."""
-    from ..architectures import CLIP_VIT_L14_TEXT, SD15_IP2P_UNET, SD15_VAE
+    The SD1.5 configs are the shared ones in :mod:`instantportrait.models.architectures` (its InstructPix2Pix UNet
+    with the original 4-channel ``conv_in``)."""
+    from instantportrait.models.architectures import CLIP_VIT_L14_TEXT, SD15_IP2P_UNET, SD15_VAE
 
     return SD15Architecture(
         unet={**SD15_IP2P_UNET, "in_channels": 4},
@@ -335,7 +336,9 @@ class IPControlEditor(FaceConditionedEditor):
         nets = build_sd15_networks(arch, self.device, self.dtype)
         install_ip_adapter(nets["unet"], group_ip_adapter_layers(nets["unet"], random_ip_adapter_state(nets["unet"])))
         nets["unet"].to(self.device, self.dtype)
-        from ..architectures import random_weights_tokenizer  # byte-level BPE, special tokens at the real ids
+        from instantportrait.models.architectures import (  # byte-level BPE, special tokens at the real ids
+            random_weights_tokenizer,
+        )
 
         tokenizer = random_weights_tokenizer(arch.text_encoder["vocab_size"])
         self._random = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Editor
+from instantportrait.methods.base import Editor
 
 _EDITORS: dict[str, type[Editor]] = {}
 

@@ -8,12 +8,13 @@ For every registered method, in the order of ``AppSettings.sources`` (default ``
    app's ``--model METHOD=LOCATION``), if ``Editor.check_available()`` says it can load (on disk, in the Hugging Face
    cache, or downloadable right now). An explicit location (``--model`` or ``INSTANTPORTRAIT_<KEY>``) is final: if
    it cannot load, the method shows why instead of silently falling back to something else.
-2. **demo**: ``instantportrait/demo_models/<model key>/`` (or ``.../<method>/``) when that folder exists — the small
+2. **demo**: ``instantportrait/demo/models/<model key>/`` (or ``.../<method>/``) when that folder exists — the small
    toy models trained offline by ``python -m train.demo`` on the synthetic world (see :func:`demo_model_dir`); they
    work at their training resolution (:func:`native_resolution`, 64 px), which the editor gets unless the caller
    gives one explicitly.
 3. **tiny**: only with ``--tiny`` / ``INSTANTPORTRAIT_TINY=1``: tiny random-weight stand-ins built on the fly by
-   :mod:`instantportrait.testing` (milliseconds on a CPU). They exist to exercise the UI; every tile that shows one
+   :mod:`instantportrait.tiny.diffusion` (milliseconds on a CPU). They exist to exercise the UI; every tile that
+   shows one
    says so (:data:`TINY_LABEL`).
 
 If none applies, the method is *missing* and its tile shows the reason (the ``ModelNotAvailableError`` message).
@@ -27,10 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEMO_ROOT, env_override
-from ..errors import ModelNotAvailableError
-from .base import Editor
-from .registry import editor_class, get_editor
+from instantportrait.config import DEMO_ROOT, env_override
+from instantportrait.errors import ModelNotAvailableError
+from instantportrait.methods.base import Editor
+from instantportrait.methods.registry import editor_class, get_editor
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def demo_model_dir(method: str, root: str | Path | None = None) -> Path | None:
     """The shipped demo model folder for ``method``, or ``None``.
 
     Looked up as ``<root>/<model key>/`` first (so ``ipnet`` and ``ipnet-2step`` share ``demo_models/ipnet/``), then
-    ``<root>/<method>/``; ``root`` defaults to ``instantportrait/demo_models``. A folder counts only if it holds at
+    ``<root>/<method>/``; ``root`` defaults to ``instantportrait/demo/models``. A folder counts only if it holds at
     least one file (a diffusers pipeline has ``model_index.json``).
     """
     root = Path(root) if root is not None else DEMO_ROOT
@@ -116,7 +117,7 @@ class TinyModels:
         self._lock = threading.Lock()
 
     def _ip2p(self) -> Path:
-        from ..testing import save_tiny_instruct_pix2pix
+        from instantportrait.tiny.diffusion import save_tiny_instruct_pix2pix
 
         path = self.root / "tiny-instruct-pix2pix"
         if not (path / "model_index.json").is_file():
@@ -124,7 +125,7 @@ class TinyModels:
         return path
 
     def _ipnet(self) -> Path:
-        from ..pipeline import ipnet_from_instruct_pix2pix
+        from instantportrait.pipelines.ipnet import ipnet_from_instruct_pix2pix
 
         path = self.root / "tiny-ipnet"
         if not (path / "model_index.json").is_file():
@@ -133,7 +134,7 @@ class TinyModels:
         return path
 
     def location_for(self, method: str) -> Path | None:
-        from ..methods.diffusion import InstructPix2PixFamily, IPNetEditor
+        from instantportrait.methods.diffusion import InstructPix2PixFamily, IPNetEditor
 
         cls = editor_class(method)
         with self._lock:
@@ -255,7 +256,7 @@ def estimate_bytes(source: ModelSource) -> int:
     """A rough size before loading (the manager measures the real size after): ``size_gb`` of the model's spec."""
     if source.kind != "real":
         return 0
-    from ..config import MODELS
+    from instantportrait.config import MODELS
 
     key = editor_class(source.method).model_key
     spec = MODELS.get(key) if key else None

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_INPUT, EXIT_MODEL = 0, 2, 3
+from instantportrait.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK
+
 SUBCOMMANDS = ("run", "score", "report", "list")
 
 
@@ -175,8 +176,8 @@ def default_device() -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from benchmark.runner import BenchmarkConfig
-    from benchmark.scoring import DEFAULT_CLIP, DEFAULT_FACE_PACK, DEFAULT_SOURCE_CAPTION, ScoringConfig
+    from benchmark.config import BenchmarkConfig
+    from instantportrait.eval.scorer import DEFAULT_CLIP, DEFAULT_FACE_PACK, DEFAULT_SOURCE_CAPTION, ScoringConfig
 
     device = args.device or default_device()
     resolution, method_resolution = parse_resolution(args.resolution)
@@ -204,7 +205,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def check_names(cfg: Any) -> None:
     """Unknown methods, and overrides / per-method settings naming nothing in the run: one clear error each."""
-    from benchmark.runner import check_methods
+    from benchmark.editors import check_methods
     from instantportrait.methods import editor_class
 
     check_methods(cfg.methods)
@@ -221,7 +222,7 @@ def check_names(cfg: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.runner import run_benchmark
+    from benchmark.loop import run_benchmark
     from instantportrait.errors import ModelNotAvailableError
 
     try:
@@ -242,10 +243,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from benchmark.loop import score_pending
     from benchmark.report import write_report
-    from benchmark.runner import read_run, score_pending
-    from benchmark.scoring import ScoringConfig
+    from benchmark.results import read_run
     from instantportrait.errors import ModelNotAvailableError
+    from instantportrait.eval.scorer import ScoringConfig
 
     out = Path(args.results)
     run = read_run(out)
@@ -272,7 +274,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.report import write_report
-    from benchmark.runner import read_run
+    from benchmark.results import read_run
 
     out = Path(args.results)
     if read_run(out) is None:

@@ -32,9 +32,9 @@ from typing import Any
 import PIL.Image
 
 from instantportrait.config import DEMO_WORLD
+from instantportrait.imageio import IMAGE_SUFFIXES
 
 DEFAULT_INSTRUCTIONS = Path(__file__).with_name("instructions.jsonl")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 HF_PREFIX = "hf://datasets/"
 SYNTHETIC_PREFIX = "synthetic:"
 DEMO_WORLD_SPEC = "demo-world"  # --instructions demo-world; --images demo-world:N[:SIZE]

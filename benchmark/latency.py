@@ -24,8 +24,10 @@ import pandas as pd
 import torch
 
 from benchmark import metrics, report, store
-from benchmark import runner as _runner
-from benchmark.runner import BenchmarkConfig, Dist
+from benchmark.config import BenchmarkConfig
+from benchmark.editors import load_editor, make_editor, model_source
+from benchmark.env import Dist, environment, now, rss_mb, sync
+from benchmark.results import read_run, write_run
 
 LATENCY_INSTRUCTION = "photorealistic photo, with hipster glasses, mustache, wearing plaid shirt, vintage tees"
 
@@ -38,11 +40,11 @@ def synthetic_portraits(resolution: int, n: int) -> list[Any]:
 
 def time_method(cfg: BenchmarkConfig, name: str, device: torch.device) -> dict[str, Any]:
     """Load (random or real weights), warm up, time ``cfg.repeats`` edit calls of ``cfg.batch_size`` images."""
-    rss0 = _runner.rss_mb()
+    rss0 = rss_mb()
     cuda0 = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    source = _runner.model_source(cfg, name)
-    editor = _runner.make_editor(cfg, name, str(device), source)
-    info = _runner.load_editor(editor, cfg, device, source)
+    source = model_source(cfg, name)
+    editor = make_editor(cfg, name, str(device), source)
+    info = load_editor(editor, cfg, device, source)
     record: dict[str, Any] = {"method": name, "label": info.get("label", name), "status": info["status"],
                               "message": info.get("message", ""), "model_source": info["model_source"],
                               "model_location": info["model_location"], "load_s": info.get("load_s"),
@@ -62,15 +64,15 @@ def time_method(cfg: BenchmarkConfig, name: str, device: torch.device) -> dict[s
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for i in range(cfg.repeats):
-            _runner.sync(device)
+            sync(device)
             t0 = time.perf_counter()
             editor.edit(images, prompts, seed=i, settings=settings)
-            _runner.sync(device)
+            sync(device)
             times.append((time.perf_counter() - t0) * 1000.0)
     except Exception as exc:  # e.g. out of memory at this resolution/batch
         record.update(status="edit failed", message=f"{type(exc).__name__}: {exc}"[:2000])
     mem = (torch.cuda.max_memory_allocated(device) / 2**20 - cuda0 if device.type == "cuda"
-           else _runner.rss_mb() - rss0)
+           else rss_mb() - rss0)
     editor.unload()
     del editor
     gc.collect()
@@ -80,7 +82,7 @@ def time_method(cfg: BenchmarkConfig, name: str, device: torch.device) -> dict[s
     return record
 
 
-def latency_table(records: list[dict[str, Any]], reference: str = _runner.REFERENCE_METHOD) -> pd.DataFrame:
+def latency_table(records: list[dict[str, Any]], reference: str = metrics.REFERENCE_METHOD) -> pd.DataFrame:
     """One row per method with ``ratio_to_ipnet`` = p50 / IPNet's p50 (NaN if IPNet was not timed)."""
     df = pd.DataFrame.from_records([{k: v for k, v in r.items() if k != "times_ms"} for r in records])
     for col in ("p50_ms", "p95_ms", "mean_ms", "min_ms", "mem_mb", "weights_mb", "nfe", "params", "load_s",
@@ -105,8 +107,8 @@ def run_latency(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
     records = [time_method(cfg, name, device) for name in cfg.methods]
     table = latency_table(records)
     meta = {
-        "mode": "latency", "time": _runner.now(), "config": cfg.to_json(),
-        "environment": _runner.environment(device, dist),
+        "mode": "latency", "time": now(), "config": cfg.to_json(),
+        "environment": environment(device, dist),
         "random_weights": cfg.random_weights, "random_arch": cfg.random_arch, "resolution": cfg.resolution,
         "batch_size": cfg.batch_size, "warmup": cfg.warmup, "repeats": cfg.repeats,
         "dtype": str(cfg.torch_dtype()).replace("torch.", ""),
@@ -119,6 +121,6 @@ def run_latency(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
     (out / "latency.json").write_text(json.dumps(store.jsonable({"meta": meta, "methods": records}), indent=2,
                                                  default=str))
     report.write_latency_tables(table, meta, out)
-    if _runner.read_run(out) is None:  # never overwrite the run.json of a benchmark run in the same folder
-        _runner.write_run(out, {**meta, "latency_files": ["latency.md", "latency.csv", "latency.json"]})
+    if read_run(out) is None:  # never overwrite the run.json of a benchmark run in the same folder
+        write_run(out, {**meta, "latency_files": ["latency.md", "latency.csv", "latency.json"]})
     return out

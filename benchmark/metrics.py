@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-DIRECTIONAL_EPS = 1e-4
+# The per-row scores live with the one Scorer (torch-free); named here too for the tables and older callers.
+from instantportrait.eval.metrics import (  # noqa: F401
+    DIRECTIONAL_EPS,
+    clip_scores,
+    cosine,
+    directional,
+    identity_scores,
+)
+
 CONFIDENCE = 0.95
 REFERENCE_METHOD = "ipnet"
 
@@ -40,52 +48,6 @@ SCORE_COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
     ("clip_dir", "CLIP-dir", True),
     ("clip_i", "CLIP-I", None),  # high = close to the source: identity kept, or edit not made
 )
-
-
-# ---------------------------------------------------------------------------------------------------------- rows
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two vectors (not assumed normalised), clipped to [-1, 1]; 0 if either is zero."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"vectors of different sizes: {a.shape} vs {b.shape}")
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
-
-
-def identity_scores(source: np.ndarray | None, output: np.ndarray | None, suffix: str = "") -> dict[str, Any]:
-    """Row fields for one face model from the source's and output's embeddings (``None`` = no face found).
-
-    Returns ``id_sim{suffix}``, ``no_face_source{suffix}``, ``no_face_output{suffix}``. The output's face is
-    reported even when the source has none.
-    """
-    return {
-        f"id_sim{suffix}": None if source is None or output is None else cosine(source, output),
-        f"no_face_source{suffix}": source is None,
-        f"no_face_output{suffix}": output is None,
-    }
-
-
-def directional(src_image: np.ndarray, out_image: np.ndarray, src_text: np.ndarray, tgt_text: np.ndarray,
-                eps: float = DIRECTIONAL_EPS) -> float:
-    """cos(out - src, tgt - src_text) of (normalised) CLIP embeddings; 0 if either difference is below ``eps``."""
-    d_img = np.asarray(out_image, np.float64) - np.asarray(src_image, np.float64)  # (D,)
-    d_txt = np.asarray(tgt_text, np.float64) - np.asarray(src_text, np.float64)  # (D,)
-    if np.linalg.norm(d_img) < eps or np.linalg.norm(d_txt) < eps:
-        return 0.0
-    return cosine(d_img, d_txt)
-
-
-def clip_scores(src_image: np.ndarray, out_image: np.ndarray, src_text: np.ndarray, tgt_text: np.ndarray,
-                eps: float = DIRECTIONAL_EPS) -> dict[str, float]:
-    """``clip_t``, ``clip_i``, ``clip_dir`` of one edit from CLIP embeddings (image and text, same space)."""
-    return {
-        "clip_t": cosine(out_image, tgt_text),
-        "clip_i": cosine(src_image, out_image),
-        "clip_dir": directional(src_image, out_image, src_text, tgt_text, eps),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------- stats
@@ -170,7 +132,7 @@ def summarize(rows: pd.DataFrame, methods: dict[str, dict[str, Any]] | None = No
               order: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per method: score means and CIs, failure rates, latency percentiles, speed-up, facts.
 
-    ``rows``: the per-sample rows (columns as written by the runner; ``status`` "ok" or "error"). ``methods``:
+    ``rows``: the per-sample rows (columns as written by the loop; ``status`` "ok" or "error"). ``methods``:
     per-method facts from the run (``status``, ``message``, ``label``, ``nfe``, ``params``, ``load_s``,
     ``loop_overhead_share``); a method there with no rows (e.g. unavailable) still gets a line. Scores are taken
     from rows with ``status == "ok"`` and ``scored`` true; latency from rows with ``status == "ok"``.

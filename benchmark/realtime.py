@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import resource
 import sys
@@ -48,22 +47,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from benchmark import metrics, report, store
-from benchmark import runner as _runner
+from benchmark import metrics, report
+from benchmark.env import Dist, environment, now, sync
 from benchmark.latency import LATENCY_INSTRUCTION, synthetic_portraits
+from benchmark.realtime_report import FILES, summarize, summary_line, write_outputs
+from instantportrait.config import DTYPE_NAMES
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPE_NAMES.items()}
 IO_MODES = ("pil", "tensor")
 # (breakdown name, InstantPortraitPipeline building block that __call__ runs for it)
 STAGES = (("text", "encode_prompt"), ("vae_encode", "encode_image"), ("unet", "predict_clean_latents"),
           ("vae_decode", "decode_latents"))
-CSV_COLUMNS = ["kind", "label", "resolution", "batch", "steps", "nfe", "status", "n", "p50_ms", "p95_ms", "mean_ms",
-               "min_ms", "p50_ms_per_image", "p95_ms_per_image", "edits_per_s", "mem_mb", "mem_kind",
-               "first_call_ms", "ratio_to_ipnet", "message"]
-FILES = ("realtime.md", "realtime.csv", "realtime.json")
 
 
 def ip2p_guidance() -> tuple[float, float]:
@@ -151,10 +147,10 @@ class RealtimeConfig:
 # ---------------------------------------------------------------------------------------------------------- timing
 def timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
     """Wall milliseconds of ``fn()``, with the device synchronised before and after."""
-    _runner.sync(device)
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    _runner.sync(device)
+    sync(device)
     return (time.perf_counter() - t0) * 1000.0
 
 
@@ -280,10 +276,10 @@ def stage_timers(pipe: Any, device: torch.device) -> Iterator[dict[str, float]]:
 
     def wrap(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            _runner.sync(device)
+            sync(device)
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
-            _runner.sync(device)
+            sync(device)
             spent[stage] += (time.perf_counter() - t0) * 1000.0
             return out
         return timed
@@ -364,7 +360,7 @@ class IPNetSweep:
         with profile(activities=activities) as prof:
             for i in range(n):
                 self.call(images, prompts, i)
-                _runner.sync(self.device)
+                sync(self.device)
         averages = prof.key_averages()
         parts = [f"# torch.profiler, IPNet batch 1 at {resolution}², {n} calls (after warm-up); "
                  f"dtype {str(self.pipe.unet.dtype).replace('torch.', '')}, switches {self.cfg.switches()}"]
@@ -390,7 +386,7 @@ def ipnet_part(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype,
     with torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=64):
         t0 = time.perf_counter()
         pipe = load_ipnet(cfg, device, dtype)
-        _runner.sync(device)
+        sync(device)
         cold["load_s"] = time.perf_counter() - t0
         cold["optimize_s"] = timed_ms(lambda: pipe.optimize(**cfg.switches()), device) / 1000.0
         out["params"] = num_parameters(pipe)
@@ -417,7 +413,7 @@ def ip2p_part(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype, ipn
     """InstructPix2Pix rows at batch 1 per (resolution, steps), each with its p50 over IPNet's batch-1 p50."""
     t0 = time.perf_counter()
     ip2p = load_ip2p(cfg, device, dtype)
-    _runner.sync(device)
+    sync(device)
     cold["ip2p_load_s"] = time.perf_counter() - t0
     guidance, image_guidance = ip2p_guidance()
     rows = []
@@ -443,7 +439,7 @@ def run_realtime(cfg: RealtimeConfig) -> dict[str, Any]:
     device, dtype = torch.device(cfg.device), cfg.torch_dtype()
     cfg.out.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: None) if cfg.quiet else (lambda msg: print(f"[realtime] {msg}", file=sys.stderr, flush=True))
-    env = _runner.environment(device, _runner.Dist())
+    env = environment(device, Dist())
     say(f"device: {env['device_name']}")
     part = ipnet_part(cfg, device, dtype, say)
     free_memory(device)
@@ -455,7 +451,7 @@ def run_realtime(cfg: RealtimeConfig) -> dict[str, Any]:
         free_memory(device)
 
     meta = {
-        "mode": "realtime", "time": _runner.now(), "environment": env, "config": {
+        "mode": "realtime", "time": now(), "environment": env, "config": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "device_name": env["device_name"], "dtype": str(dtype).replace("torch.", ""), "switches": cfg.switches(),
         "source": (f"random weights, architecture {_arch_name(cfg)}" if cfg.random_weights else f"model {cfg.model}"),
@@ -473,7 +469,7 @@ def run_realtime(cfg: RealtimeConfig) -> dict[str, Any]:
     }
     result = {"meta": meta, "cold_start": cold, "rows": rows, "breakdown": part["breakdown"],
               "profiles": part["profiles"],
-              "summary": summarize(rows, cfg)}
+              "summary": summarize(rows, cfg.resolutions)}
     write_outputs(result, cfg.out)
     return result
 
@@ -482,109 +478,6 @@ def _arch_name(cfg: RealtimeConfig) -> str:
     from instantportrait.models.architectures import resolve_architecture
 
     return resolve_architecture(cfg.arch).name
-
-
-# ---------------------------------------------------------------------------------------------------------- output
-def summarize(rows: list[dict[str, Any]], cfg: RealtimeConfig) -> dict[str, Any]:
-    """Best throughput and batch-1 latency at 512² (else the first resolution) and the InstructPix2Pix ratios."""
-    res = 512 if 512 in cfg.resolutions else cfg.resolutions[0]
-    ok = [r for r in rows if r["kind"] == "ipnet" and r["resolution"] == res and r["status"] == "ok"]
-    best = max(ok, key=lambda r: r["edits_per_s"], default=None)
-    b1 = next((r for r in ok if r["batch"] == 1), None)
-    ratios = [{"steps": r["steps"], "label": r["label"], "ratio_to_ipnet": r["ratio_to_ipnet"]}
-              for r in rows if r["kind"] == "ip2p" and r["resolution"] == res]
-    return {"resolution": res, "best_edits_per_s": best["edits_per_s"] if best else None,
-            "best_batch": best["batch"] if best else None, "batch1_p50_ms": b1["p50_ms"] if b1 else None,
-            "ip2p_ratios": ratios}
-
-
-def summary_line(result: dict[str, Any]) -> str:
-    s, meta = result["summary"], result["meta"]
-    res = s["resolution"]
-    parts = [f"realtime ({meta['device_name']}, {meta['dtype']}" + (", compiled" if meta["switches"]["compile"]
-                                                                     else "") + "):"]
-    if s["best_batch"] is not None:
-        parts.append(f"best {s['best_edits_per_s']:.1f} edits/s at batch {s['best_batch']} ({res}²);")
-    parts.append(f"batch-1 {res}² p50 {report._fmt_ms(s['batch1_p50_ms'])} ms;")
-    ratios = [f"{r['label'].removeprefix('InstructPix2Pix ')} {_fmt_ratio(r['ratio_to_ipnet'])}"
-              for r in s["ip2p_ratios"]]
-    parts.append(("InstructPix2Pix / IPNet batch-1 p50: " + ", ".join(ratios)) if ratios
-                 else "InstructPix2Pix not timed")
-    return " ".join(parts)
-
-
-def _fmt_ratio(x: Any) -> str:
-    return "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.1f}×"
-
-
-def _fmt_mib(x: Any) -> str:
-    return report._fmt(x, 0)
-
-
-def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    meta, cold, rows = result["meta"], result["cold_start"], result["rows"]
-    table = pd.DataFrame.from_records(rows).reindex(columns=CSV_COLUMNS)
-    table.to_csv(out / "realtime.csv", index=False)
-    (out / "realtime.json").write_text(json.dumps(store.jsonable(result), indent=2, default=str))
-
-    env = meta["environment"]
-    versions, git = env.get("versions") or {}, env.get("git") or {}
-    ipnet = table[table["kind"] == "ipnet"]
-    ip2p = table[table["kind"] == "ip2p"]
-    steady = pd.DataFrame([{
-        "Res": f"{r.resolution}²", "Batch": r.batch, "Status": r.status, "p50 ms": report._fmt_ms(r.p50_ms),
-        "p95 ms": report._fmt_ms(r.p95_ms), "p50 ms/image": report._fmt_ms(r.p50_ms_per_image),
-        "p95 ms/image": report._fmt_ms(r.p95_ms_per_image), "Edits/s": report._fmt(r.edits_per_s, 1),
-        "Peak MiB": _fmt_mib(r.mem_mb), "First call ms": report._fmt_ms(r.first_call_ms), "n": r.n,
-    } for r in ipnet.itertuples()])
-    lines = [
-        "# Real-time one-step path (IPNet)" + (" — random weights" if "random" in meta["source"] else ""), "",
-        f"- device: {meta['device_name']} ({env.get('device')}); torch {versions.get('torch')}, diffusers "
-        f"{versions.get('diffusers')}, transformers {versions.get('transformers')}; commit {git.get('commit')}"
-        f"{' (dirty)' if git.get('dirty') else ''}",
-        f"- model: {meta['source']} ({meta['params'] / 1e6:.1f}M parameters); dtype {meta['dtype']}",
-        "- switches (InstantPortraitPipeline.optimize): " + ", ".join(f"{k}={v}" for k, v in meta["switches"].items())
-        + f"; io {meta['io']}; prompt cache {'on' if meta['prompt_cache'] else 'off (every call encodes its text)'}",
-        f"- timing: {meta['timing']}; warm-up {meta['config']['warmup']}, {meta['config']['repeats']} timed calls "
-        "per row",
-        f"- memory: {meta['memory']}", "",
-        "## Cold start", "",
-        report.to_markdown(pd.DataFrame([{
-            "Load / build s": report._fmt(cold.get("load_s"), 2),
-            "optimize() s": report._fmt(cold.get("optimize_s"), 2),
-            "First call ms": report._fmt_ms(cold.get("first_call_ms")),
-            "InstructPix2Pix load s": report._fmt(cold.get("ip2p_load_s"), 2)}])),
-        "First call: the first call after loading" + (", including torch.compile" if meta["switches"]["compile"]
-                                                       else "") + "; per row, `First call ms` is that shape's first "
-        "call" + (" (each shape compiles anew)" if meta["switches"]["compile"] else "") + ".", "",
-        "## Steady state", "", report.to_markdown(steady),
-    ]
-    if len(ip2p):
-        disp = pd.DataFrame([{
-            "Res": f"{r.resolution}²", "Setting": r.label, "NFE": r.nfe, "Status": r.status,
-            "p50 ms": report._fmt_ms(r.p50_ms), "p95 ms": report._fmt_ms(r.p95_ms),
-            "× IPNet (batch-1 p50)": _fmt_ratio(r.ratio_to_ipnet), "n": r.n} for r in ip2p.itertuples()])
-        lines += ["", "## InstructPix2Pix, batch 1, same run", "", report.to_markdown(disp),
-                  f"{meta['ip2p_source']}; 3-way classifier-free guidance (text {meta['ip2p_guidance'][0]}, image "
-                  f"{meta['ip2p_guidance'][1]}); no optimisation switches; warm-up {meta['config']['ip2p_warmup']}, "
-                  f"{meta['config']['ip2p_repeats']} timed calls."]
-    if result["breakdown"]:
-        names = {"text": "Text encoding", "vae_encode": "VAE encode", "unet": "UNet", "vae_decode": "VAE decode",
-                 "other": "Other", "total": "Total"}
-        disp = pd.DataFrame([{"Res": f"{b['resolution']}²", **{
-            label: f"{report._fmt_ms(b['mean_ms'][k])} ({100 * b['share'][k]:.0f}%)" for k, label in names.items()}}
-            for b in result["breakdown"]])
-        lines += ["", "## Where the time goes (batch 1, mean ms per call and share)", "", report.to_markdown(disp),
-                  "Each stage is the pipeline's building block timed inside real calls with a synchronisation "
-                  "before and after it (which adds a little to the total); Other = pre/post-processing, start noise "
-                  "and Python."]
-    if result["profiles"]:
-        lines += ["", "Profiles: " + ", ".join(result["profiles"])]
-    notes = [f"- {r['label']} {r['resolution']}² batch {r['batch']}: **{r['status']}**: {r['message']}"
-             for r in rows if r["status"] != "ok"]
-    lines += ["", "Summary: " + summary_line(result)] + (["", *notes] if notes else [])
-    (out / "realtime.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {name: out / name for name in FILES}
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import metrics, store
+from benchmark.results import METHODS, merged_rows, read_run
 
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.tex", "summary.json", "summary_by_category.csv",
                  "samples.csv", "identity_vs_fidelity.png", "edit_latency.png", "grid.html")
@@ -55,8 +56,6 @@ def method_facts(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def load_results(out: str | Path) -> tuple[pd.DataFrame, dict[str, dict[str, Any]], dict[str, Any]]:
     """(rows with later scores applied, per-method facts, run.json) of a results folder."""
-    from benchmark.runner import METHODS, merged_rows, read_run
-
     out = Path(out)
     run = read_run(out) or {}
     rows = pd.DataFrame.from_records(merged_rows(out))

@@ -5,9 +5,6 @@ partial text is kept in ``<file>.partial`` for inspection), so a resumed run app
 Several processes never share a file: each writes its own part (``parts/<stem>.rank<i>.jsonl``) and rank 0 merges
 the parts into the main file with :func:`merge_parts`, skipping keys already there, so a (method, image,
 instruction, seed) key is written once however the run was interrupted and resumed.
-
-Test hook: ``INSTANTPORTRAIT_BENCHMARK_CRASH_AFTER=N`` makes a rows writer, after N whole rows, write half of the
-next line and kill its own process with SIGKILL (what a power cut or an OOM kill does mid-write).
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ import logging
 import math
 import os
 import queue
-import signal
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,7 +23,6 @@ import PIL.Image
 
 logger = logging.getLogger(__name__)
 
-CRASH_ENV = "INSTANTPORTRAIT_BENCHMARK_CRASH_AFTER"
 KEY_FIELDS = ("method", "image", "instruction_id", "seed")
 PARTS_DIR = "parts"
 
@@ -106,22 +101,15 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[dict[str, Any]]:
 class JsonlAppender:
     """Appends records to one file, each flushed and fsynced before ``write`` returns (repairs the file first)."""
 
-    def __init__(self, path: str | Path, crash_hook: bool = False):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         read_jsonl(self.path, repair=True)
         self._f = open(self.path, "a", encoding="utf-8")
         self.written = 0
-        env = os.environ.get(CRASH_ENV, "").strip() if crash_hook else ""
-        self._crash_after = int(env) if env else None
 
     def write(self, record: dict[str, Any]) -> None:
         line = dumps(record) + "\n"
-        if self._crash_after is not None and self.written >= self._crash_after:
-            self._f.write(line[: len(line) // 2])
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
         self._f.write(line)
         self._f.flush()
         os.fsync(self._f.fileno())

@@ -170,6 +170,22 @@ MODELS: dict[str, ModelSpec] = {
 
 # Toy models shipped in the repo, trained by this project's own trainers on the synthetic portrait world
 # (`python -m train.train_scorers`, `python -m train.demo`). Offline defaults where the real models are absent.
+# dtype names accepted on every command line and setting, and the torch dtype each means.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str):
+    """The ``torch.dtype`` of a name in :data:`DTYPE_NAMES` (``"fp16"`` -> ``torch.float16``); ValueError otherwise.
+    torch is imported here, not at module level, so ``config`` stays light."""
+    import torch
+
+    try:
+        return getattr(torch, DTYPE_NAMES[name])
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPE_NAMES)}") from None
+
+
 DEMO_ROOT = Path(__file__).resolve().parent / "demo" / "models"
 DEMO_FACE_PACK = DEMO_ROOT / "face_pack"
 DEMO_CLIP = DEMO_ROOT / "clip" / "demo_clip.safetensors"

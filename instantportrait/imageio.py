@@ -11,6 +11,8 @@ import PIL.ImageOps
 
 from instantportrait.errors import InvalidImageError
 
+# The file endings every command treats as images (folders of portraits, frames, training sources).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # Pillow's decompression-bomb guard stays on; beyond this many pixels we refuse before decoding.
 MAX_PIXELS = 64_000_000
 

@@ -433,7 +433,7 @@ def test_examples_are_written_once_with_the_poster_instructions(tmp_path):
 def test_demo_world_examples_are_held_out_people_in_the_worlds_words(tmp_path):
     from instantportrait.demo import World
     from instantportrait.demo.examples import write_demo_world_examples
-    from instantportrait.demo.world import parse_instruction
+    from instantportrait.demo.language import parse_instruction
 
     rows = write_demo_world_examples(tmp_path, n=6)
     world = World(0, 120, size=128)

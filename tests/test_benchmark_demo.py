@@ -15,12 +15,13 @@ from PIL import Image
 
 from benchmark import store
 from benchmark.cli import main
+from benchmark.config import BenchmarkConfig, check_fingerprint
 from benchmark.data import demo_world_instructions, load_images, load_instructions, parse_demo_world
-from benchmark.runner import DEMO_LABEL, BenchmarkConfig, check_fingerprint, make_editor, model_source
-from benchmark.scoring import ScoringConfig
+from benchmark.editors import DEMO_LABEL, make_editor, model_source
 from instantportrait.config import DEMO_CLIP, DEMO_FACE_PACK
 from instantportrait.demo import CATEGORIES, World, describe_edits, parse_instruction
 from instantportrait.errors import ModelNotAvailableError
+from instantportrait.eval.scorer import ScoringConfig
 from instantportrait.methods import Editor, registry
 
 SPY_RES = 48  # the spy's demo model works at 48 px, the demo-world sources are 64 px

@@ -16,6 +16,21 @@ from benchmark.cli import parse_overrides, parse_per_method, parse_resolution
 from benchmark.data import DEFAULT_INSTRUCTIONS, load_instructions
 
 
+def test_metrics_and_report_import_without_torch():
+    """The metric and report code reads numbers and files only: importing it in a fresh interpreter must not load
+    torch (a table can be rebuilt on a machine without it, and ``benchmark/__init__`` stays light)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, benchmark.metrics, benchmark.results, benchmark.report; "
+            "print(sorted(m for m in ('torch', 'benchmark.loop', 'benchmark.config') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------------------------------ row metrics
 def test_cosine_known_values():
     assert metrics.cosine([1, 0], [1, 0]) == pytest.approx(1.0)
@@ -49,9 +64,10 @@ def test_clip_scores_known_vectors():
 
 @pytest.fixture(scope="module")
 def scorer(tiny_face_pack, tiny_clip_file):
-    from benchmark.scoring import Scorer, ScoringConfig
+    from instantportrait.eval.scorer import Scorer, ScoringConfig
 
-    return Scorer(ScoringConfig(face_pack=str(tiny_face_pack), clip=str(tiny_clip_file), det_size=256)).load()
+    config = ScoringConfig(face_pack=str(tiny_face_pack), clip=str(tiny_clip_file), det_size=256)
+    return Scorer.from_config(config).load()
 
 
 def test_same_image_twice_gives_identity_one_and_clip_i_one(scorer, astronaut_image):

@@ -16,8 +16,10 @@ from PIL import Image
 
 from benchmark import store
 from benchmark.cli import main
-from benchmark.runner import BenchmarkConfig, Dist, run_benchmark
-from benchmark.scoring import ScoringConfig
+from benchmark.config import BenchmarkConfig
+from benchmark.env import Dist
+from benchmark.loop import run_benchmark
+from instantportrait.eval.scorer import ScoringConfig
 from instantportrait.methods import Editor, registry
 
 
@@ -174,11 +176,13 @@ _CHILD = """
 import sys
 
 from benchmark.cli import main
+from fixtures.crash import kill_after_rows
 from instantportrait.methods import registry
 from tests.test_benchmark_run import CopyEditor
 
 registry._EDITORS[CopyEditor.name] = CopyEditor
-sys.exit(main(sys.argv[1:]))
+kill_after_rows(int(sys.argv[1]))
+sys.exit(main(sys.argv[2:]))
 """
 
 
@@ -187,13 +191,13 @@ def test_killed_run_resumes_with_exactly_one_row_per_key(tmp_path, test_editors,
     args = ["--methods", "copy-test", "--images", str(images_dir), "--instructions", str(instructions_file),
             "--out", str(out), "--seeds", "0,1", "--device", "cpu", "--resolution", "64", "--face-pack", "none",
             "--clip", "none", "--warmup", "0", "--quiet"]
-    # A separate process runs the benchmark and is SIGKILLed by the crash hook halfway through writing its 4th row,
+    # A separate process runs the benchmark and is SIGKILLed (fixtures.crash) halfway through writing its 4th row,
     # as an OOM kill or a power cut would. (A fresh interpreter, not a fork: forking a process that already runs
     # threads, as pytest's does after other tests, can deadlock the child on a lock held at fork time.)
     here = Path(__file__).resolve()
     path = os.pathsep.join(str(p) for p in (here.parents[1], here.parent))  # the checkout and tests/ (fixtures)
-    env = {**os.environ, store.CRASH_ENV: "3", "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True,
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", _CHILD, "3", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     raw = (out / "rows.jsonl").read_text()

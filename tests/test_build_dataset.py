@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fixtures.faces import drawn_face as _drawn_face
@@ -411,7 +412,9 @@ def test_editor_takes_one_seed_per_image(tiny_ip2p, portrait):
     images, texts = [portrait, portrait], ["add a hat", "add a hat"]
     batch = editor.edit(images, texts, seed=[11, 12], settings=settings)
     alone = [editor.edit(images[:1], texts[:1], seed=s, settings=settings)[0] for s in (11, 12)]
-    assert [b.tobytes() for b in batch] == [a.tobytes() for a in alone]
-    assert batch[0].tobytes() != batch[1].tobytes()
+    # As if generated alone, up to one 8-bit level where a batched matmul rounds differently (seen on some CPUs).
+    for b, a in zip(batch, alone):
+        assert np.abs(np.asarray(b, np.int16) - np.asarray(a, np.int16)).max() <= 1
+    assert np.abs(np.asarray(batch[0], np.int16) - np.asarray(batch[1], np.int16)).mean() > 2  # other seed, other image
     with pytest.raises(ValueError, match="2 seeds for 1 images"):
         editor.edit(images[:1], texts[:1], seed=[1, 2], settings=settings)

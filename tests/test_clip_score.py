@@ -266,7 +266,8 @@ def test_missing_variant_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp
 def test_unreachable_host_fails_fast_without_downloading(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                          no_offline_env: None) -> None:
     probed: list[str] = []
-    monkeypatch.setattr("instantportrait.hub.hub_reachable", lambda endpoint=None, **kw: probed.append(endpoint))
+    monkeypatch.setattr("instantportrait.hub.locating.hub_reachable",
+                        lambda endpoint=None, **kw: probed.append(endpoint))
     monkeypatch.setattr("instantportrait.eval.clip_score.download_clip_weights",
                         lambda *a, **k: pytest.fail("must not download when unreachable"))
     with pytest.raises(ModelNotAvailableError, match="openaipublic.azureedge.net cannot be reached"):

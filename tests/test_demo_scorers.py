@@ -15,6 +15,7 @@ import torch
 
 from instantportrait.demo import World
 from train import train_scorers as ts
+from train.scorers.face import _det_targets
 
 DEMO = Path(__file__).resolve().parents[1] / "instantportrait" / "demo" / "models"
 PACK = DEMO / ts.FACE_PACK_DIR
@@ -149,7 +150,7 @@ def test_arcface_crop_is_insightfaces_norm_crop(test_samples):
 def test_det_targets_decode_back_to_the_box():
     bbox = np.array([20.0, 14.0, 62.0, 70.0], np.float32)
     kps = np.array([[32, 36], [50, 36], [41, 46], [34, 56], [48, 56]], np.float32)
-    presence, central, box, kp = ts._det_targets(bbox, kps, 96)
+    presence, central, box, kp = _det_targets(bbox, kps, 96)
     assert presence.shape == central.shape == (12, 12) and presence.sum() >= 4
     i, j = np.unravel_index(central.argmax(), central.shape)
     assert presence[i, j] == central[i, j] == 1.0 and (i, j) == (5, 5)  # the cell holding the centre (41, 42)

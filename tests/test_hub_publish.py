@@ -97,6 +97,8 @@ def test_publish_uploads_folder_with_card_and_without_trainer_state(trained_ipne
     assert api.calls[2][1]["revision"] == "v1" and "IPNet" in api.calls[2][1]["message"]
     card = api.uploaded["README.md"].decode()
     assert "synthetic portraits x 24 instructions" in card and "| ipnet/id_sim | 0.7012 |" in card
+    assert "# tiny IPNet (test)" in card  # the card save_pretrained wrote is kept ...
+    assert "hub_token: <redacted>" in card and "max_train_steps: 2000" in card  # ... and gains the redacted config
     assert "unet/diffusion_pytorch_model.safetensors" in api.uploaded and "model_index.json" in api.uploaded
     assert not any(k.startswith("checkpoint-") or k.endswith(".pkl") for k in api.uploaded)
     assert "training_config.yaml" not in api.uploaded  # it holds a token: only the redacted copy (in the card) goes
@@ -113,6 +115,37 @@ def test_publish_idenet_folder_gets_teacher_card(tiny_ip2p, tmp_path):
     assert "identity_loss: annealing" in card and "non-commercial" in card
     assert "training_config.json" in api.uploaded  # nothing secret in it: published alongside
     assert [c[0] for c in api.calls] == ["create_repo", "upload_folder"]  # no branch for the default revision
+
+
+TRAINER_CARD = """---
+license: openrail
+tags:
+- instantportrait
+---
+
+# IDE-Net (my run)
+
+Trainer's own words: 300 steps on my pairs, identity weighting `annealing`. Load with get_editor("idenet",
+model="PATH_OR_REPO").
+"""
+
+
+def test_publish_keeps_the_trainers_card_and_appends_metrics_once(tiny_ip2p, tmp_path, metrics_file):
+    """Publishing adds what it knows (benchmark metrics, notes) below the trainer's card; it never replaces it, and
+    publishing again replaces its own addition instead of stacking a second one."""
+    folder = shutil.copytree(tiny_ip2p, tmp_path / "idenet")
+    (folder / "README.md").write_text(TRAINER_CARD)
+    (folder / "training_config.yaml").write_text(yaml.safe_dump({"steps": 300, "hub_token": "hf_SECRET_123"}))
+    for _ in range(2):
+        api = FakeHubApi()
+        hub.publish_checkpoint(folder, "me/idenet", metrics_file=metrics_file, card_info={"notes": "v1 release"},
+                               api=api)
+        card = api.uploaded["README.md"].decode()
+        assert card.startswith(TRAINER_CARD.replace("PATH_OR_REPO", "me/idenet").rstrip())  # the trainer's, verbatim
+        assert card.count(hub.PUBLISHED_MARK) == 1 and card.count("## Metrics") == 1
+        assert "| ipnet/clip_t | 0.2812 |" in card and "v1 release" in card
+        assert "hub_token: <redacted>" in card and "hf_SECRET_123" not in card
+        assert "StableDiffusionInstructPix2PixPipeline" not in card  # no generated card replaced it
 
 
 def test_publish_refuses_bad_folders(trained_ipnet, tmp_path):

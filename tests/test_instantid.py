@@ -14,19 +14,16 @@ import torch
 from instantportrait.errors import ModelNotAvailableError, NoFaceError
 from instantportrait.face.keypoints import FACE_KPS_COLORS, draw_face_keypoints, draw_openpose_head
 from instantportrait.methods import EditSettings, get_editor
-from instantportrait.methods.instantid import (
-    InstantIDConfig,
-    InstantIDEditor,
-    Resampler,
-    ResamplerConfig,
+from instantportrait.methods.face_conditioned.ip_adapter import (
     group_ip_adapter_layers,
     install_ip_adapter,
     random_ip_adapter_state,
     read_ip_adapter,
-    save_tiny_instantid,
-    sdxl_instantid_architecture,
-    tiny_sdxl_instantid_architecture,
 )
+from instantportrait.methods.face_conditioned.resampler import Resampler, ResamplerConfig
+from instantportrait.methods.instantid import InstantIDConfig, InstantIDEditor
+from instantportrait.models.sdxl import sdxl_instantid_architecture, tiny_sdxl_instantid_architecture
+from instantportrait.tiny.face_conditioned import save_tiny_instantid
 
 STEPS = EditSettings(num_inference_steps=2)
 
@@ -221,7 +218,7 @@ def test_edits_keep_sizes_and_are_seeded(editor, astronaut_image):
 @pytest.fixture()
 def sampled_latents(monkeypatch):
     """The final latents of every edit (what the VAE decodes): a far finer probe than 8-bit pixels."""
-    import instantportrait.methods.instantid as module
+    import instantportrait.methods.face_conditioned.sampling as module
 
     seen: list[torch.Tensor] = []
     decode = module.decode_latents
@@ -243,12 +240,12 @@ def test_face_embedding_drives_the_output_through_both_paths(editor, astronaut_i
     image = astronaut_image.resize((128, 128))
 
     def run(face=None, **extra):
-        real = editor._loaded.face
-        editor._loaded.face = face(real) if face else real
+        real = editor.loaded.face
+        editor.loaded.face = face(real) if face else real
         try:
             editor.edit([image], ["wearing a crown"], seed=0, settings=EditSettings(num_inference_steps=2, extra=extra))
         finally:
-            editor._loaded.face = real
+            editor.loaded.face = real
         return sampled_latents[-1]
 
     no_ip, no_paths = {"ip_adapter_scale": 0.0}, {"ip_adapter_scale": 0.0, "controlnet_conditioning_scale": 0.0}
@@ -291,7 +288,7 @@ def test_random_weights_build_on_a_tiny_architecture(astronaut_image):
     assert out[0].size == (64, 48)
     info = ed.describe()
     assert info["random_weights"] and "skipped" in info["face_analysis"] and info["random_architecture"] == "custom"
-    assert ed._loaded.resampler.config.embedding_dim == 512 and ed.num_parameters() > 100_000
+    assert ed.loaded.resampler.config.embedding_dim == 512 and ed.num_parameters() > 100_000
 
     runner_style = get_editor("instantid", resolution=64)  # the benchmark runner sets this on every editor
     runner_style.random_architecture = "tiny"
@@ -306,4 +303,4 @@ def test_half_precision_load_puts_the_ip_layers_in_the_model_dtype(tiny_release,
     ed = InstantIDEditor(model=str(release), base_model=str(base), resolution=64, dtype=torch.bfloat16, config=config)
     out = ed.edit([astronaut_image.resize((64, 64))], ["wearing a hat"], settings=STEPS)
     assert out[0].size == (64, 64)
-    assert {p.dtype for p in ed._loaded.unet.parameters()} == {torch.bfloat16}  # IP projections included
+    assert {p.dtype for p in ed.loaded.unet.parameters()} == {torch.bfloat16}  # IP projections included

@@ -13,6 +13,7 @@ from instantportrait.training.inversion import (
     ddim_sample,
     ddim_timesteps,
     guided_model_output,
+    normality_stats,
     resolve_alphas_cumprod,
     split_prediction,
     stochastic_start,
@@ -117,3 +118,30 @@ def test_teacher_target_modes(unet, inputs):
                                teacher_target("stochastic", *args, generator=g2, **kw).latents)
     with pytest.raises(ValueError, match="mode"):
         teacher_target("ddpm", *args, **kw)
+
+
+def test_inversion_prompt_and_given_start(unet, inputs):
+    """Empty vs edit instruction give different inverted z_t; a given start is used as is (shared pairing)."""
+    sched = _scheduler()
+    kw = {"t_start": T_END, "num_steps": 2, "text_guidance": 3.0, "image_guidance": 1.5}
+    args = (unet, sched, inputs["x0"], inputs["image"], inputs["text"], inputs["uncond"])
+    empty = inputs["uncond"].expand_as(inputs["text"])
+    by_instruction = teacher_target("ddim-inversion", *args, **kw)
+    by_empty = teacher_target("ddim-inversion", *args, inversion_prompt_embeds=empty, **kw)
+    torch.testing.assert_close(by_empty.start, ddim_invert(unet, sched, inputs["x0"], inputs["image"], empty,
+                                                           num_steps=2, t_end=T_END))
+    assert not torch.allclose(by_empty.start, by_instruction.start, atol=1e-4)
+    given = teacher_target("stochastic", *args, start=inputs["noise"], **kw)
+    assert torch.equal(given.start, inputs["noise"])
+    torch.testing.assert_close(given.latents, ddim_sample(unet, sched, inputs["noise"], T_END, inputs["image"],
+                                                          inputs["text"], inputs["uncond"], num_steps=2,
+                                                          text_guidance=3.0, image_guidance=1.5))
+
+
+def test_normality_stats():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4, 4, 16, 16, generator=g)
+    stats = normality_stats(noise)
+    assert abs(stats["mean"]) < 0.05 and abs(stats["std"] - 1) < 0.05 and abs(stats["neighbour_corr"]) < 0.05
+    smooth = normality_stats(2 * noise.cumsum(-1) / 16 + 0.5)  # offset, scaled, spatially correlated
+    assert smooth["mean"] > 0.4 and smooth["neighbour_corr"] > 0.5 and smooth["channel_mean_abs_max"] > 0.4

@@ -12,16 +12,15 @@ import torch
 
 from instantportrait.errors import ModelNotAvailableError, NoFaceError
 from instantportrait.methods import EditSettings, get_editor
-from instantportrait.methods.instantid import group_ip_adapter_layers, read_ip_adapter
-from instantportrait.methods.ipcontrol import (
-    FaceIDProjection,
-    FaceIDProjectionConfig,
-    IPControlConfig,
-    IPControlEditor,
+from instantportrait.methods.face_conditioned.ip_adapter import (
+    group_ip_adapter_layers,
     merge_attention_lora,
-    save_tiny_ipcontrol,
-    tiny_sd15_ipcontrol_architecture,
+    read_ip_adapter,
 )
+from instantportrait.methods.face_conditioned.resampler import FaceIDProjection, FaceIDProjectionConfig
+from instantportrait.methods.ipcontrol import IPControlConfig, IPControlEditor
+from instantportrait.models.sd15 import sd15_ipcontrol_architecture, tiny_sd15_ipcontrol_architecture
+from instantportrait.tiny.face_conditioned import save_tiny_ipcontrol
 
 STEPS = EditSettings(num_inference_steps=2)
 
@@ -56,8 +55,6 @@ def test_faceid_projection_has_the_released_layout_at_real_size():
 def test_real_sd15_attention_numbering():
     from diffusers import UNet2DConditionModel
 
-    from instantportrait.methods.ipcontrol import sd15_ipcontrol_architecture
-
     with torch.device("meta"):
         unet = UNet2DConditionModel(**sd15_ipcontrol_architecture().unet)
     assert sum(p.numel() for p in unet.parameters()) == 859_520_964  # SD1.5 UNet
@@ -74,7 +71,7 @@ def test_lora_is_merged_into_the_attention_weights(tiny_release, editor):
     _, ip = read_ip_adapter(release / "ip-adapter-faceid_sd15.bin")
     name = list(plain.attn_processors)[5].removesuffix(".processor")
     before = plain.get_submodule(name).to_out[0].weight
-    after = editor._loaded.unet.get_submodule(name).to_out[0].weight
+    after = editor.loaded.unet.get_submodule(name).to_out[0].weight
     expected = before + ip["5.to_out_lora.up.weight"].float() @ ip["5.to_out_lora.down.weight"].float()
     torch.testing.assert_close(after, expected)
     broken = {k: v for k, v in ip.items() if k != "3.to_q_lora.up.weight"}
@@ -83,7 +80,7 @@ def test_lora_is_merged_into_the_attention_weights(tiny_release, editor):
 
 
 def test_edits_keep_sizes_are_seeded_and_follow_the_face(editor, astronaut_image, monkeypatch):
-    import instantportrait.methods.instantid as module  # the shared sampler (FaceConditionedEditor._sample)
+    import instantportrait.methods.face_conditioned.sampling as module  # the sampler both editors share
 
     image = astronaut_image.resize((128, 128))
     tall = astronaut_image.crop((0, 0, 384, 512)).resize((96, 128))
@@ -96,7 +93,7 @@ def test_edits_keep_sizes_are_seeded_and_follow_the_face(editor, astronaut_image
     seen = []
     decode = module.decode_latents
     monkeypatch.setattr(module, "decode_latents", lambda vae, z: seen.append(z.clone()) or decode(vae, z))
-    real = editor._loaded.face
+    real = editor.loaded.face
 
     class OtherIdentity:
         def encode(self, img, *, what="image"):
@@ -104,11 +101,11 @@ def test_edits_keep_sizes_are_seeded_and_follow_the_face(editor, astronaut_image
             return dataclasses.replace(face, embedding=np.roll(face.embedding, 5).copy())
 
     def run(face, **extra):
-        editor._loaded.face = face
+        editor.loaded.face = face
         try:
             editor.edit([image], ["wearing a crown"], seed=3, settings=EditSettings(num_inference_steps=2, extra=extra))
         finally:
-            editor._loaded.face = real
+            editor.loaded.face = real
         return seen[-1]
 
     a, b = run(real), run(OtherIdentity())

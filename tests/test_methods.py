@@ -105,3 +105,62 @@ def test_edit_accepts_any_pil_mode(tiny_ipnet, tiny_ip2p, portrait):
         out = editor.edit([portrait.convert(mode)], ["hat"])[0]
         assert out.mode == "RGB" and out.size == portrait.size
     assert isinstance(out, PIL.Image.Image)
+
+
+class _SharedWeights(Editor):
+    """Two modules that share one weight tensor (like tied embeddings), plus a buffer of their own."""
+
+    name = "shared-weights-test"
+    label = "Shared weights"
+
+    def _load(self):
+        import torch
+
+        a = torch.nn.Linear(10, 10, bias=False)  # 100 float32 = 400 bytes
+        b = torch.nn.Linear(10, 10, bias=False)
+        b.weight = a.weight  # the same tensor in both modules
+        b.register_buffer("scale", torch.ones(5, dtype=torch.float16))  # 10 bytes
+        return {"a": a, "b": b}
+
+    def _modules(self, loaded):
+        return [loaded["a"], loaded["b"]]
+
+    def nfe(self, settings=None):
+        return 1
+
+    def _edit(self, loaded, images, instructions, seed, settings, progress):
+        return images
+
+
+def test_weight_bytes_counts_a_shared_tensor_once():
+    editor = _SharedWeights()
+    assert editor.weight_bytes() == 0 and editor.loaded is None and editor.tokenizer is None  # nothing loaded yet
+    editor.load()
+    assert editor.loaded is not None
+    assert editor.weight_bytes() == 400 + 10
+    assert editor.num_parameters() == 200  # parameters() of each module (what num_parameters always counted)
+
+
+def test_ipnet_method_for_steps():
+    from instantportrait.methods.registry import ipnet_method
+
+    assert ipnet_method(1) == "ipnet" and ipnet_method(2) == "ipnet-2step"
+    with pytest.raises(ValueError, match="1 or 2"):
+        ipnet_method(3)
+
+
+def test_every_source_kind_has_a_badge_and_keeps_its_string():
+    from instantportrait.methods.sources import Kind, ModelSource
+
+    assert [k.value for k in Kind] == ["real", "demo", "tiny", "random-weights", "override", "missing"]
+    for kind in Kind:
+        source = ModelSource("ipnet", kind.value)
+        assert source.kind is kind and isinstance(source.badge, str) and source.kind == kind.value
+        assert f"{source.kind}" == kind.value and json_roundtrip(source.kind) == kind.value
+    assert not ModelSource("ipnet", "missing").available and ModelSource("ipnet", "override").available
+
+
+def json_roundtrip(value):
+    import json
+
+    return json.loads(json.dumps(value))

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from instantportrait import hub
 from instantportrait.cli import main as cli
 from instantportrait.cli import models as models_cli
 from instantportrait.config import MODELS
 from instantportrait.errors import ModelNotAvailableError
 from instantportrait.face.packs import onnx_role, place_pack_from_zip, verify_pack
+from instantportrait.hub import cache as hub
 
 IP2P = MODELS["instructpix2pix"]
 MAGICBRUSH = MODELS["magicbrush"]

@@ -58,9 +58,47 @@ def test_two_steps_differ_from_one(pipe, portrait):
     assert np.abs(one - two).max() > 1e-4
 
 
+def test_step_two_edits_step_ones_output(pipe, portrait, monkeypatch):
+    """Step 2's source is step 1's output: swapping step 1's output (same seed, so the same step-2 noise) changes
+    the result, and step 2 sees exactly that output as its source latent."""
+    real = pipe.predict_clean_latents
+    seen = []
+
+    def swapped(start, source_latents, prompt_embeds, timestep=None):
+        out = real(start, source_latents, prompt_embeds, timestep)
+        seen.append((source_latents, out))
+        return out.flip(-1) if len(seen) == 1 and swap else out
+
+    monkeypatch.setattr(pipe, "predict_clean_latents", swapped)
+    results = {}
+    for swap in (False, True):
+        seen.clear()
+        results[swap] = pipe(portrait, "add a hat", num_inference_steps=2, generator=gen(0),
+                             output_type="latent").images
+        first_out = seen[0][1].flip(-1) if swap else seen[0][1]
+        torch.testing.assert_close(seen[1][0], first_out / pipe.vae.config.scaling_factor)
+    assert (results[False] - results[True]).abs().max() > 1e-4
+
+
+def test_v_prediction_reads_the_output_as_v(tiny_ip2p, portrait):
+    from diffusers import DDPMScheduler
+
+    p = ipnet_from_instruct_pix2pix(tiny_ip2p)
+    p.register_modules(scheduler=DDPMScheduler.from_config(p.scheduler.config, prediction_type="v_prediction"))
+    lat = p(portrait, "hat", generator=gen(0), output_type="latent").images
+    with torch.no_grad():
+        pixels = p.image_processor.preprocess(portrait, height=48, width=48)
+        src = p.encode_image(pixels)
+        start = p.start_latents(src, gen(0))
+        text = p.encode_prompt(["hat"])
+        v = p.unet(torch.cat([start, src], 1), torch.tensor([999]), encoder_hidden_states=text).sample
+    a = p.alpha_bar(999, torch.device("cpu"))
+    torch.testing.assert_close(lat, a.sqrt() * start - (1 - a).sqrt() * v, atol=1e-5, rtol=1e-5)
+
+
 def test_output_types(pipe, portrait):
     pt = pipe(portrait, "hat", generator=gen(0), output_type="pt").images
-    assert pt.shape == (1, 3, 48, 48) and pt.min() >= 0 and pt.max() <= 1
+    assert pt.shape == (1, 3, 48, 48)  # (no range check: postprocess clamps to [0, 1] before returning)
     lat = pipe(portrait, "hat", generator=gen(0), output_type="latent").images
     f = pipe.vae_scale_factor
     assert lat.shape == (1, 4, 48 // f, 48 // f)
@@ -138,27 +176,6 @@ def test_source_start_depends_on_source(tiny_ip2p, portrait):
     alpha = p.alpha_bar(200, torch.device("cpu"))
     expected = alpha.sqrt() * p.vae.config.scaling_factor
     torch.testing.assert_close((b - a).mean(), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_push_to_hub_uploads_saved_folder(pipe, tmp_path):
-    calls = {}
-
-    class FakeApi:
-        def create_repo(self, repo_id, private, exist_ok):
-            calls["create"] = (repo_id, private, exist_ok)
-
-        def upload_folder(self, repo_id, folder_path, revision, commit_message):
-            from pathlib import Path
-
-            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-            calls["card"] = (Path(folder_path) / "README.md").read_text()
-            return "https://example.invalid/commit/1"
-
-    url = pipe.push_to_hub("me/ipnet-test", card_info={"name": "pushed"}, api=FakeApi())
-    assert url.endswith("/commit/1")
-    assert calls["create"] == ("me/ipnet-test", False, True)
-    assert "model_index.json" in calls["files"] and "README.md" in calls["files"]
-    assert "# pushed" in calls["card"]
 
 
 def test_predicted_x0_inverts_forward_process():

@@ -243,15 +243,77 @@ def test_checkpoint_discovery_pruning_and_resume_resolution(tmp_path):
 
 
 def test_push_to_hub_publishes_the_final_folder(tmp_path, monkeypatch):
-    """--push-to-hub hands the saved model folder and the revision to hub.publish_checkpoint."""
+    """--push-to-hub hands the saved model folder and the revision to hub.publish.publish_checkpoint."""
     from train import common
     from train.config import IDENetConfig
 
     calls = []
-    monkeypatch.setattr("instantportrait.hub.publish_checkpoint",
+    monkeypatch.setattr("instantportrait.hub.publish.publish_checkpoint",
                         lambda folder, repo, revision=None, metrics_file=None: calls.append((folder, repo, revision))
                         or "https://example.invalid/commit/1")
     cfg = IDENetConfig(trainer="idenet", push_to_hub="me/idenet-test", hub_revision="v1")
     assert common.publish_if_asked(cfg, tmp_path) == "https://example.invalid/commit/1"
     assert calls == [(tmp_path, "me/idenet-test", "v1")]
     assert common.publish_if_asked(IDENetConfig(trainer="idenet"), tmp_path) is None and len(calls) == 1
+
+
+def test_base_key_extends_another_yaml(tmp_path):
+    """``base:`` loads the named file (relative to the one naming it), then this file's keys on top (nested mappings
+    key by key); chains work, and a missing base or a loop is one clear error."""
+    (tmp_path / "sub").mkdir()
+    parent = save_config(IPNetConfig(max_train_steps=500, seed=3, weights=LossWeights(adv=0.2, identity=1.0, pair=1.0)),
+                         tmp_path / "parent.yaml")
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\nmax_train_steps: 3500\nweights:\n  adv: 0.0\n")
+    (tmp_path / "grandchild.yaml").write_text("base: sub/child.yaml\nseed: 5\n")
+    child = load_config_file(tmp_path / "sub" / "child.yaml")  # `trainer` comes from the base
+    assert child == dataclasses.replace(load_config_file(parent), max_train_steps=3500,
+                                        weights=LossWeights(adv=0.0, identity=1.0, pair=1.0))
+    assert load_config(IPNetConfig, tmp_path / "grandchild.yaml") == dataclasses.replace(child, seed=5)
+    assert load_config(IPNetConfig, tmp_path / "grandchild.yaml", ["seed=6"]).seed == 6  # --set still wins
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\nseed: 1\n")
+    with pytest.raises(FileNotFoundError, match=r"orphan.yaml: its base file .*nowhere.yaml does not exist"):
+        load_config_file(tmp_path / "orphan.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\ntrainer: ipnet\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_config_file(tmp_path / "loop.yaml")
+    (tmp_path / "empty_base.yaml").write_text("base: ''\ntrainer: ipnet\n")
+    with pytest.raises(ValueError, match="must name the YAML file"):
+        load_config_file(tmp_path / "empty_base.yaml")
+
+
+def test_demo_warmup_config_extends_the_demo_ipnet_config():
+    """The warm-up holds only what differs from stage 2: the L_pair-only weights, its steps and output folder."""
+    warm = load_config_file(CONFIG_DIR / "demo_ipnet_warmup.yaml")
+    full = load_config_file(CONFIG_DIR / "demo_ipnet.yaml")
+    assert yaml.safe_load((CONFIG_DIR / "demo_ipnet_warmup.yaml").read_text())["base"] == "demo_ipnet.yaml"
+    assert warm.weights.active() == {"pair": 1.0} and warm.max_train_steps == 3500
+    assert warm == dataclasses.replace(full, output_dir="outputs/demo_ipnet_warmup", max_train_steps=3500,
+                                       weights=LossWeights(adv=0.0, distill=0.0, sds=0.0, triplet=0.0, identity=0.0,
+                                                           pair=1.0))
+
+
+def test_ipnet_loss_settings_copy_the_config_by_field_name():
+    """``IPNetLossSettings.from_config`` copies every setting named like a config field (none is hand-copied), and
+    every IPNetConfig field is a setting, the source of a derived one, or used when building: a new config field
+    fails here until it is placed."""
+    from train.config import TrainConfig
+    from train.train_ipnet import IPNetLossSettings
+
+    cfg = IPNetConfig(disc_t_max=700, sds_t_min=5, sds_t_max=600, teacher_steps=3, teacher_t_start=500,
+                      pair_face_weight=2.0, triplet_margin=0.3, weights=LossWeights(adv=0.0, sds=0.5))
+    settings = IPNetLossSettings.from_config(cfg, 64)
+    names = {f.name for f in dataclasses.fields(IPNetLossSettings)}
+    for name in names & {f.name for f in dataclasses.fields(cfg)} - {"weights"}:
+        assert getattr(settings, name) == getattr(cfg, name), name
+    assert settings.weights == cfg.weights.active() and "adv" not in settings.weights
+    assert (settings.disc_t_range, settings.sds_t_range, settings.triplet_crop_size) == ((10, 700), (5, 600), 64)
+    derived_from = {"weights", "disc_t_min", "disc_t_max", "sds_t_min", "sds_t_max"}
+    build_time = {"student_init", "timestep", "start", "discriminator", "disc_hidden", "disc_levels",
+                  "disc_learning_rate", "gen_update_ratio", "triplet_features", "identity_model"}
+    own = {f.name for f in dataclasses.fields(IPNetConfig)} - {f.name for f in dataclasses.fields(TrainConfig)}
+    assert own - names - derived_from == build_time
+    # a setting with no config field of its name (and no derivation) is an error, not a silent default
+    extra = dataclasses.make_dataclass("Extra", [("no_such_field", int, dataclasses.field(default=0))],
+                                       bases=(IPNetLossSettings,), frozen=True)
+    with pytest.raises(TypeError, match="no_such_field: neither an IPNetConfig field"):
+        extra.from_config(cfg, 64)

@@ -1,4 +1,5 @@
-"""Training plumbing shared by ``train_idenet.py`` and ``train_ipnet.py`` (the loss code lives in those scripts).
+"""Training plumbing under ``train/trainer.py``'s scaffold (the step loop, hooks and resume live there; the loss
+code in ``train_idenet.py`` / ``train_ipnet.py``).
 
     accelerator = make_accelerator(cfg)
     loader = make_dataloader(dataset, cfg, accelerator, start_micro_step=global_step * cfg.gradient_accumulation_steps)
@@ -38,7 +39,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from instantportrait.errors import ModelNotAvailableError, NoFaceError
+from instantportrait.errors import ModelNotAvailableError
 from train.config import CONFIG_FILE, TrainConfig, config_to_dict, load_config_file, save_config
 
 logger = logging.getLogger(__name__)
@@ -378,8 +379,9 @@ def load_checkpoint(accelerator: Any, folder: Path, cfg: TrainConfig) -> dict[st
 
 # ---------------------------------------------------------------------------------------------------- validation
 def make_validation_scorers(cfg: TrainConfig, device: torch.device) -> tuple[Any, Any]:
-    """``(FaceEncoder | None, ClipScorer | None)`` from ``cfg.face_pack`` / ``cfg.clip`` (missing models raise
-    ``ModelNotAvailableError`` now, not at the first validation)."""
+    """``(FaceEncoder | None, ClipScorer | None)`` from ``cfg.face_pack`` / ``cfg.clip``, loaded (missing models raise
+    ``ModelNotAvailableError`` now, not at the first validation); :func:`run_validation` scores with them through
+    the one :class:`~instantportrait.eval.scorer.Scorer`."""
     face = clip = None
     if cfg.face_pack:
         from instantportrait.face.encoder import FaceEncoder
@@ -391,11 +393,10 @@ def make_validation_scorers(cfg: TrainConfig, device: torch.device) -> tuple[Any
 
 
 def make_clip_scorer(name: str, device: torch.device) -> Any:
-    from instantportrait.eval.clip_score import ClipScorer
+    """A loaded ``ClipScorer`` for a weights file or a variant name (``clip_scorer_from``)."""
+    from instantportrait.eval.clip_score import clip_scorer_from
 
-    file = Path(name).expanduser()
-    scorer = ClipScorer(weights=file, device=device) if file.is_file() else ClipScorer(name, device=device)
-    return scorer.load()
+    return clip_scorer_from(name, device).load()
 
 
 def tensor_to_pil(pixels: torch.Tensor) -> PIL.Image.Image:
@@ -422,80 +423,27 @@ def run_validation(edit_fn: Callable[[list[PIL.Image.Image], list[str]], list[PI
             strip.paste(im, (j * src.width, 0))
         strip.save(folder / f"{it['id']}.png")
     metrics: dict[str, Any] = {"event": "validation", "step": step, "num_images": n, "folder": str(folder)}
-    face, clip = scorers
-    if face is not None:
-        sims = []
-        for src, out in zip(sources, outputs):
-            try:
-                sims.extend(s for s in face.identity_similarity(src, [out]) if s is not None)
-            except NoFaceError:
-                continue
+    from instantportrait.eval.scorer import Scorer
+
+    scorer = Scorer(*scorers)  # (face, clip)
+    if scorer.face is not None:
+        sims = [v for v in scorer.identities(sources, outputs) if v is not None]  # pairs with a face in both
         metrics["id_sim"] = float(np.mean(sims)) if sims else None
         metrics["id_sim_count"] = len(sims)
-    if clip is not None:
+    if scorer.clip is not None:
         captions = [it["target_caption"] or it["instruction"] for it in items]
-        scores = clip.clip_t(outputs, captions)
+        scores = scorer.clip_t_all(outputs, captions)  # (n,)
         metrics["clip_t"] = float(scores.mean())
         metrics["clip_t_count"] = len(captions)
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------------- the loop
-def train_loop(*, accelerator: Any, cfg: TrainConfig, dataset: Any, start_step: int,
-               train_step: Callable[[list[dict[str, Any]], int], dict[str, float]],
-               checkpoint_state: Callable[[], dict[str, Any]],
-               validate: Callable[[int], dict[str, Any]] | None, log: JsonlLogger) -> int:
-    """Run optimiser steps ``start_step + 1 ... cfg.max_train_steps``; returns the final global step.
-
-    ``train_step(micro_batches, step)`` does one whole optimiser step over ``gradient_accumulation_steps``
-    micro-batches (already on the device) and returns scalars to log. Checkpoints every ``checkpointing_steps`` and
-    at the end; validation every ``validation_steps`` and at the end (when ``validate`` is given).
-    """
-    from tqdm.auto import tqdm
-
-    accum = cfg.gradient_accumulation_steps
-    loader = make_dataloader(dataset, cfg, accelerator, start_micro_step=start_step * accum)
-    batches = iter(loader)
-    progress = tqdm(total=cfg.max_train_steps, initial=start_step, desc=f"train {cfg.trainer}",
-                    disable=not accelerator.is_local_main_process)
-    step = start_step
-    for step in range(start_step + 1, cfg.max_train_steps + 1):
-        micro = [to_device(next(batches), accelerator.device) for _ in range(accum)]
-        logs = train_step(micro, step)
-        progress.update(1)
-        progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
-        if step % cfg.log_every == 0 or step == start_step + 1 or step == cfg.max_train_steps:
-            log.log({"step": step, **logs})
-        if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
-            folder = save_checkpoint(accelerator, cfg, step, checkpoint_state())
-            log.log({"event": "checkpoint", "step": step, "path": str(folder)})
-        if validate is not None and cfg.validation_steps and (
-                step % cfg.validation_steps == 0 or step == cfg.max_train_steps):
-            log.log(validate(step))
-    progress.close()
-    return step
-
-
+# ---------------------------------------------------------------------------------------------------- publishing
 def publish_if_asked(cfg: Any, out: Path, metrics_file: str | None = None) -> str | None:
     """Upload the final model to ``cfg.push_to_hub`` (if set) with a model card built from its saved config."""
     if not getattr(cfg, "push_to_hub", None):
         return None
-    from instantportrait.hub import publish_checkpoint
+    from instantportrait.hub import publish  # the module, so that tests can patch publish.publish_checkpoint
 
-    return publish_checkpoint(out, cfg.push_to_hub, revision=cfg.hub_revision, metrics_file=metrics_file)
+    return publish.publish_checkpoint(out, cfg.push_to_hub, revision=cfg.hub_revision, metrics_file=metrics_file)
 
-
-def finish_training(accelerator: Any, cfg: Any, final_unet: torch.nn.Module, ema: Any,
-                    save: Callable[[torch.nn.Module], Path], log: JsonlLogger, step: int) -> None:
-    """On the main process: EMA weights into the final UNet, ``save`` it, publish if asked, log; then end."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if ema is not None:
-            ema.copy_to(final_unet.parameters())
-        out = save(final_unet)
-        url = publish_if_asked(cfg, out)
-        if url:
-            log.log({"event": "published", "repo": cfg.push_to_hub, "url": url})
-        log.log({"event": "done", "global_step": step, "model": str(out)})
-    accelerator.wait_for_everyone()
-    accelerator.end_training()

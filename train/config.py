@@ -7,7 +7,9 @@ Precedence: dataclass defaults < the YAML file < ``--set key=value`` (repeatable
 nested field) < explicit flags (every top-level field has one: ``identity_weighting`` -> ``--identity-weighting``).
 Unknown keys are an error everywhere (YAML, ``--set``), naming the closest valid key. Values are checked and coerced
 to the field's type (``1e-5`` is a float even though YAML reads it as a string); invalid choices raise one
-``ValueError`` naming the field. ``trainer`` tells which dataclass a file is for (``idenet`` / ``ipnet``).
+``ValueError`` naming the field. ``trainer`` tells which dataclass a file is for (``idenet`` / ``ipnet``). A file may
+start from another: ``base: demo_ipnet.yaml`` loads that file (relative to this one) and then applies this file's keys
+on top (nested mappings such as ``weights`` key by key), so a variant holds only what differs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import yaml
 IDENTITY_WEIGHTINGS = ("annealing", "constant", "none")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 TEACHER_STARTS = ("ddim-inversion", "stochastic")
+DISTILL_PAIRINGS = ("shared", "independent")
+INVERSION_PROMPTS = ("empty", "instruction")
 DISTILL_SPACES = ("latent", "pixel")
 DISTILL_KINDS = ("l2", "l1", "perceptual", "l2+perceptual")
 ADV_LOSSES = ("hinge", "nonsaturating")
@@ -36,6 +40,7 @@ SDS_WEIGHTINGS = ("sds", "uniform")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_IDENTITY_MODEL = "~/.insightface/models/antelopev2/glintr100.onnx"
 CONFIG_FILE = "train_config.yaml"
+BASE_KEY = "base"  # in a YAML file: the file it extends
 
 C = TypeVar("C")
 
@@ -43,6 +48,18 @@ C = TypeVar("C")
 def _help(text: str, **kw: Any) -> Any:
     """A dataclass field with a help string (shown by ``--help``)."""
     return field(metadata={"help": text}, **kw)
+
+
+def _guidance(whose: str, condition: str, default: float) -> Any:
+    """A classifier-free-guidance scale field: the teacher's sampling and SDS each take a text and an image one,
+    written alike so that their help reads alike."""
+    return _help(f"{whose} {condition} CFG scale", default=default)
+
+
+def _t_bound(whose: str, end: str, default: int) -> Any:
+    """One end of a sampled-timestep range field (the discriminator's re-noising and SDS each have a low and a high
+    one; ``__post_init__`` checks the pair)."""
+    return _help(f"{whose} timestep range, {'low end' if end == 'low' else 'high end (inclusive)'}", default=default)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -197,35 +214,45 @@ class IPNetConfig(TrainConfig):
     timestep: int = _help("the student's fixed timestep t*", default=999)
     start: str = _help("student start latent: noise | source (source noised to t*)", default="noise")
     weights: LossWeights = field(default_factory=LossWeights, metadata={"help": "loss weights"})
-    two_step: bool = _help("also train the 2-step output (the student applied to its own detached output)",
+    two_step: bool = _help("refused when true: 2-step is inference-only (the pipeline's num_inference_steps=2 "
+                           "runs the one-step student on its own output); no objective trains the second output",
                            default=False)
-    two_step_weight: float = _help("weight of the losses on the second output", default=0.5)
+    two_step_weight: float = _help("unused (kept so older configs load): see two_step", default=0.5)
+    log_grad_norms_every: int = _help("log each generator term's gradient norm on the student output "
+                                      "(grad_norm/<term>) every N steps; 0 = off", default=50)
     # adversarial
     discriminator: str = _help("discriminator by name (train_ipnet.DISCRIMINATORS)", default="unet-feature")
     disc_hidden: int = _help("discriminator head width", default=64)
     disc_levels: list[int] | None = _help("teacher feature levels the heads read (None = all)", default=None)
     disc_learning_rate: float = _help("discriminator learning rate", default=1e-5)
     adv_loss: str = _help("hinge | nonsaturating", default="hinge")
-    disc_t_min: int = _help("re-noising timestep range of the discriminator input, low end", default=10)
-    disc_t_max: int = _help("re-noising timestep range, high end (inclusive)", default=750)
+    disc_t_min: int = _t_bound("the discriminator input's re-noising", "low", 10)
+    disc_t_max: int = _t_bound("the discriminator input's re-noising", "high", 750)
     gen_update_ratio: int = _help("the student steps every N iterations, the discriminator every iteration "
                                   "(DMD2's dfake_gen_update_ratio)", default=1)
     # distillation
     teacher_start: str = _help("ddim-inversion (of the source) | stochastic (noised source)",
                                default="ddim-inversion")
     teacher_t_start: int = _help("timestep the teacher starts from", default=999)
+    distill_pairing: str = _help("shared (the teacher starts from the student's start: the same ε; with "
+                                 "ddim-inversion the student keeps the pipeline's start, see train_ipnet) | "
+                                 "independent (the teacher draws its own start: the regress-to-the-mean ablation)",
+                                 default="shared")
+    inversion_prompt: str = _help("what DDIM inversion is conditioned on: empty (the empty instruction, "
+                                  "InstructPix2Pix's reconstruct condition) | instruction (the edit instruction)",
+                                  default="empty")
     teacher_steps: int = _help("teacher DDIM sampling steps (on the fly, per batch)", default=10)
     inversion_steps: int | None = _help("DDIM inversion steps (None = teacher_steps)", default=None)
-    teacher_text_guidance: float = _help("teacher text CFG scale", default=7.5)
-    teacher_image_guidance: float = _help("teacher image CFG scale", default=1.5)
+    teacher_text_guidance: float = _guidance("teacher", "text", 7.5)
+    teacher_image_guidance: float = _guidance("teacher", "image", 1.5)
     distill_space: str = _help("latent | pixel", default="latent")
     distill_kind: str = _help("l2 | l1 | perceptual | l2+perceptual (perceptual kinds need pixel space)",
                               default="l2")
     # SDS
-    sds_t_min: int = _help("SDS timestep range, low end", default=20)
-    sds_t_max: int = _help("SDS timestep range, high end (inclusive)", default=980)
-    sds_text_guidance: float = _help("SDS teacher text CFG scale", default=7.5)
-    sds_image_guidance: float = _help("SDS teacher image CFG scale", default=1.5)
+    sds_t_min: int = _t_bound("SDS", "low", 20)
+    sds_t_max: int = _t_bound("SDS", "high", 980)
+    sds_text_guidance: float = _guidance("SDS teacher", "text", 7.5)
+    sds_image_guidance: float = _guidance("SDS teacher", "image", 1.5)
     sds_weighting: str = _help("sds (w = 1 - ᾱ_t) | uniform", default="sds")
     # triplet
     triplet_features: str = _help("auto (clip if `clip` is set, else vae) | clip | vae (VAE-encoder pooled)",
@@ -246,6 +273,8 @@ class IPNetConfig(TrainConfig):
         _choice("start", self.start, START_MODES)
         _choice("adv_loss", self.adv_loss, ADV_LOSSES)
         _choice("teacher_start", self.teacher_start, TEACHER_STARTS)
+        _choice("distill_pairing", self.distill_pairing, DISTILL_PAIRINGS)
+        _choice("inversion_prompt", self.inversion_prompt, INVERSION_PROMPTS)
         _choice("distill_space", self.distill_space, DISTILL_SPACES)
         _choice("distill_kind", self.distill_kind, DISTILL_KINDS)
         _choice("sds_weighting", self.sds_weighting, SDS_WEIGHTINGS)
@@ -267,7 +296,7 @@ class IPNetConfig(TrainConfig):
         for lo, hi in (("disc_t_min", "disc_t_max"), ("sds_t_min", "sds_t_max")):
             if not 0 <= getattr(self, lo) <= getattr(self, hi):
                 raise ValueError(f"need 0 <= {lo} <= {hi}; got {getattr(self, lo)}, {getattr(self, hi)}")
-        for name in ("timestep", "teacher_t_start"):
+        for name in ("timestep", "teacher_t_start", "log_grad_norms_every"):
             _positive(name, getattr(self, name), zero_ok=True)
         if self.teacher_t_start < self.teacher_steps:
             raise ValueError(f"teacher_t_start ({self.teacher_t_start}) must be >= teacher_steps "
@@ -398,14 +427,27 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     return path
 
 
-def _read_yaml(path: str | Path) -> dict[str, Any]:
+def _read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's keys, on top of its ``base:`` file's (resolved relative to this file; a base may have a base)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a YAML mapping of config keys, got {type(data).__name__}")
-    return data
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"{path}: `{BASE_KEY}` must name the YAML file this one extends; got {base!r}")
+    base_path = path.parent / Path(base).expanduser()  # an absolute base stays absolute
+    chain = (*_chain, path.resolve())
+    if base_path.resolve() in chain:
+        raise ValueError(f"{path}: `{BASE_KEY}: {base}` loops back ({' -> '.join(str(p) for p in chain)})")
+    if not base_path.is_file():
+        raise FileNotFoundError(f"{path}: its base file {base_path} does not exist (`{BASE_KEY}:` is relative to "
+                                "the file that names it)")
+    return _merge(_read_yaml(base_path, chain), data)
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, str]:

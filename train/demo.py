@@ -234,29 +234,14 @@ def ipnet_recipe(cfg: IPNetConfig) -> str:
     return " + ".join(f"{w:g}·{names[k]}" for k, w in cfg.weights.active().items())
 
 
-TOY_CARD = """# {title} — TOY demo model (synthetic data)
-
-**This is a toy model.** It was trained in minutes on CPU by `python -m train.demo` on {pairs} procedurally rendered
-64x64 portraits of the InstantPortrait synthetic world (`instantportrait/synthetic/`, seed {seed}, train identities
-only), with the project's own trainer ({trainer}). It exists so the app, CLI, benchmark and tests show *learned*
-edits on a machine with no network. It is not a real portrait editor.
-
-What it can do: apply the synthetic world's edits (accessories, facial hair, clothing, background, era/style)
-to synthetic-world portraits at 64 px, from instructions phrased in the world's vocabulary.
-What it cannot do: edit real photographs, understand words outside the world's vocabulary (unknown words become
-byte tokens it never saw), produce detail beyond 64 px, or preserve a real person's identity. Its text encoder is a
-frozen *random* tiny CLIP text model (a fixed injective embedding the UNet learned to read), its VAE a 2x
-autoencoder trained on the world's images only. Weights are stored in fp16 (load with `dtype=torch.float32` to
-upcast). Identity loss: {identity}. {recipe}
-
-Held-out test identities ({eval_pairs} pairs): {numbers}
-"""
-
-
 def write_card(folder: Path, title: str, trainer: str, cfg: DemoConfig, identity: str, numbers: str,
                recipe: str = "") -> None:
-    text = TOY_CARD.format(title=title, pairs=cfg.train_pairs, seed=cfg.seed, trainer=trainer, identity=identity,
-                           eval_pairs=cfg.eval_pairs, numbers=numbers, recipe=recipe)
+    """The toy card (``hub.cards.model_card``, kind ``toy-demo``) on top of the card the trainer wrote."""
+    from instantportrait.hub.cards import model_card
+
+    text = model_card({"kind": "toy-demo", "name": title, "train_pairs": cfg.train_pairs, "seed": cfg.seed,
+                       "trainer": trainer, "training": f"Identity loss: {identity}. {recipe}".strip(),
+                       "metrics": f"Held-out test identities ({cfg.eval_pairs} pairs): {numbers}"})
     old = (folder / "README.md").read_text() if (folder / "README.md").exists() else ""
     (folder / "README.md").write_text(text + ("\n---\n\n## Trainer's card\n\n" + old if old else ""))
 
@@ -267,46 +252,35 @@ ACCEPT = {"edit_present": 0.80, "identity": 0.70}  # issue #4's bars for IPNet 1
 
 @dataclass
 class DemoScorers:
-    """The shipped toy scorers: the demo face pack (identity cosine) and the demo CLIP (is the edit present?).
+    """The shipped toy scorers as one :class:`~instantportrait.eval.scorer.Scorer` (the demo face pack for identity
+    cosine, the demo CLIP for "is the edit present?"), resizing images to 128 px first (the scorers were trained on
+    128-px renders)."""
 
-    Images are resized to ``score_size`` (the scorers were trained on 128-px renders) before scoring.
-    """
-
-    face: Any
-    clip: Any
-    score_size: int = 128
+    scorer: Any  # instantportrait.eval.scorer.Scorer
 
     @classmethod
     def load(cls, face_pack: str | Path | None = None, clip: str | Path | None = None) -> DemoScorers:
-        from instantportrait.config import DEMO_CLIP, DEMO_FACE_PACK
-        from instantportrait.eval.clip_score import ClipScorer
-        from instantportrait.face.encoder import FaceEncoder
+        from instantportrait.eval.scorer import Scorer
 
-        return cls(FaceEncoder(face_pack or DEMO_FACE_PACK).load(), ClipScorer(weights=clip or DEMO_CLIP).load())
-
-    def _up(self, images: Sequence[Any]) -> list[Any]:
-        from PIL import Image
-
-        return [im.convert("RGB").resize((self.score_size, self.score_size), Image.BICUBIC) for im in images]
+        return cls(Scorer.demo(face_pack, clip))
 
     def score(self, images: Sequence[Any], samples: Sequence[Any]) -> dict[str, list[float | None]]:
-        """Per image: identity cosine to its sample's source (None: no face found in the image), whether the
+        """Per image: identity cosine to its sample's source (None: no face found in either), whether the
         demo CLIP finds the edit present (CLIP-T with the target's caption above CLIP-T with the source's
         caption), and CLIP-T with the target caption."""
-        ups, srcs = self._up(images), self._up([s.source for s in samples])
-        ref = self.face.encode_batch(srcs)
-        got = self.face.encode_batch(ups)
-        ident = [None if r is None or g is None else self.face.cosine(r, g) for r, g in zip(ref, got)]
-        t_tgt = self.clip.clip_t(ups, [s.target_caption for s in samples])  # (n,)
-        t_src = self.clip.clip_t(ups, [s.source_caption for s in samples])  # (n,)
+        ident = self.scorer.identities([s.source for s in samples], images)
+        t_tgt = self.scorer.clip_t_all(images, [s.target_caption for s in samples])  # (n,)
+        t_src = self.scorer.clip_t_all(images, [s.source_caption for s in samples])  # (n,)
         return {"identity": ident, "edit_present": [float(a > b) for a, b in zip(t_tgt, t_src)],
                 "clip_t": [float(v) for v in t_tgt]}
 
     def different_identity(self, samples: Sequence[Any]) -> float:
         """Mean identity cosine between sources of *different* people (the scale's lower reference)."""
-        embs = self.face.encode_batch(self._up([s.source for s in samples]))
-        found = [(s.identity_id, e) for s, e in zip(samples, embs) if e is not None]
-        vals = [self.face.cosine(a, b) for i, (ia, a) in enumerate(found) for ib, b in found[i + 1:] if ia != ib]
+        from instantportrait.eval.metrics import cosine
+
+        faces = self.scorer.largest_faces([s.source for s in samples])
+        found = [(s.identity_id, f.embedding) for s, f in zip(samples, faces) if f is not None]
+        vals = [cosine(a, b) for i, (ia, a) in enumerate(found) for ib, b in found[i + 1:] if ia != ib]
         return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -437,6 +411,42 @@ def _stage(work: Path, name: str, key: dict[str, Any], fn: Callable[[], Path], t
     return path
 
 
+def _idenet_config(cfg: DemoConfig, work: Path, base: Path, data: Path, rec: Path | None
+                   ) -> tuple[IDENetConfig, str]:
+    """The demo IDE-Net's training config and, for its card, how identity was weighted (L_aid through the demo
+    face pack's encoder when it exists, none otherwise)."""
+    ide_over: dict[str, Any] = {"model": str(base), "dataset": str(data), "output_dir": str(work / "idenet"),
+                                "seed": cfg.seed, "resolution": cfg.image_size}
+    if rec is not None:
+        ide_over.update(identity_model=str(rec), identity_weighting="annealing")
+        identity = f"annealing (L_aid) through `{rec.name}` of the demo face pack"
+    else:
+        ide_over.update(identity_model="none", identity_weighting="none")
+        identity = "none (the demo face pack did not exist when these were trained)"
+    if cfg.idenet_steps:
+        ide_over.update(max_train_steps=cfg.idenet_steps)
+    return load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", ide_over), identity
+
+
+def _ship(out: Path, staged: Path, cfg: DemoConfig, configs: tuple[IDENetConfig, IPNetConfig, IPNetConfig],
+          identity: dict[str, str], numbers: str) -> None:
+    """Write the model cards into the staged fp16 folders and copy them over ``out/idenet`` and ``out/ipnet``.
+    ``configs``: the IDE-Net, IPNet warm-up and IPNet configs the cards' recipes name."""
+    icfg, wcfg, pcfg = configs
+    recipes = {"idenet": f"Objective: the ε loss with conditioning dropout, {icfg.max_train_steps} steps.",
+               "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, after a warm-up of "
+                        f"{wcfg.max_train_steps} steps of L_pair alone that started from the demo IDE-Net "
+                        "(`../idenet`)."}
+    for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
+                          ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet_warmup.yaml then "
+                                    "train/configs/demo_ipnet.yaml")):
+        write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg, identity[name],
+                   "\n\n" + numbers + "\n", recipes[name])
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        shutil.copytree(staged / name, out / name)
+
+
 def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float = SHIP_BAR,
         force_ship: bool = False) -> dict[str, Any]:
     """The whole demo run; returns the evaluation and whether the models were shipped into ``out``."""
@@ -464,17 +474,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     if cfg.scorers and (find_recognition_onnx(out / "face_pack") is None or not (out / SCORER_CLIP).is_file()):
         times["scorers"] = train_demo_scorers(out, cfg)
     rec = find_recognition_onnx(out / "face_pack")
-    ide_over: dict[str, Any] = {"model": str(base), "dataset": str(data), "output_dir": str(work / "idenet"),
-                                "seed": cfg.seed, "resolution": cfg.image_size}
-    if rec is not None:
-        ide_over.update(identity_model=str(rec), identity_weighting="annealing")
-        identity = f"annealing (L_aid) through `{rec.name}` of the demo face pack"
-    else:
-        ide_over.update(identity_model="none", identity_weighting="none")
-        identity = "none (the demo face pack did not exist when these were trained)"
-    if cfg.idenet_steps:
-        ide_over.update(max_train_steps=cfg.idenet_steps)
-    icfg = load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", ide_over)
+    icfg, identity = _idenet_config(cfg, work, base, data, rec)
     ide_key = {**base_key, "idenet": config_to_dict(icfg)}
     idenet = _stage(work, "idenet", ide_key, lambda: train_idenet.train(icfg), times, reused)
 
@@ -518,18 +518,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     print(json.dumps({"times_s": times, "improvement": res["improvement"], "acceptance": res["acceptance"]}),
           flush=True)
     if res["shipped"]:
-        recipes = {"idenet": f"Objective: the ε loss with conditioning dropout, {icfg.max_train_steps} steps.",
-                   "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, after a warm-up of "
-                            f"{wcfg.max_train_steps} steps of L_pair alone that started from the demo IDE-Net "
-                            "(`../idenet`)."}
-        for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
-                              ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet_warmup.yaml then "
-                                        "train/configs/demo_ipnet.yaml")):
-            write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg,
-                       identity if name == "idenet" else ipnet_identity, "\n\n" + numbers + "\n", recipes[name])
-            if (out / name).exists():
-                shutil.rmtree(out / name)
-            shutil.copytree(staged / name, out / name)
+        _ship(out, staged, cfg, (icfg, wcfg, pcfg), {"idenet": identity, "ipnet": ipnet_identity}, numbers)
         (out / "demo_editors_eval.json").write_text(json.dumps(res, indent=2) + "\n")
     else:
         print(f"NOT shipped: IPNet 1-step is {100 * res['improvement']:.1f}% below the source's L1 "

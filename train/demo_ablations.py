@@ -94,24 +94,8 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
     scratch = work / "ablations"
     scratch.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    editors: dict[str, tuple[str, Path]] = {}
-    groups: dict[str, str] = {}
-    steps: dict[str, int] = {}
-    # the demo run's own models (needed for the IPNet variants; listed when finished)
-    demo_idenet = demo_ipnet = None
-    if only != "idenet" or (work / "idenet.done.json").is_file():
-        demo_idenet = Path(_done(work, "idenet")["path"])
-        editors["IDE-Net (demo run)"] = ("idenet", demo_idenet)
-        steps["IDE-Net (demo run)"] = load_config(IDENetConfig, demo_idenet / "train_config.yaml").max_train_steps
-    if only != "idenet" or (work / "ipnet.done.json").is_file():
-        demo_ipnet = Path(_done(work, "ipnet")["path"])
-        n: int | str = load_config(IPNetConfig, demo_ipnet / "train_config.yaml").max_train_steps
-        if (work / "ipnet_warmup.done.json").is_file():  # the L_pair warm-up's steps, then the recipe's
-            warm = Path(_done(work, "ipnet_warmup")["path"])
-            n = f"{load_config(IPNetConfig, warm / 'train_config.yaml').max_train_steps}+{n}"
-        for row, method in (("IPNet 1-step (demo run)", "ipnet"), ("IPNet 2-step (demo run)", "ipnet-2step")):
-            editors[row], steps[row] = (method, demo_ipnet), n
-    groups.update({row: "demo run" for row in editors})
+    editors, steps, demo_idenet = _demo_run_editors(work, only)
+    groups: dict[str, str] = {row: "demo run" for row in editors}
     rec = _demo_identity_model(work)
     base_key = _done(work, "base")["key"]
 
@@ -146,6 +130,42 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
         return []
     res = evaluate(work, seed=world["seed"], num_identities=world["num_identities"], n=eval_pairs,
                    size=world["image_size"], scorers=DemoScorers.load(), editors=editors)
+    parts = []
+    if only in (None, "idenet"):
+        parts.append(f"IDE-Net variants: {idenet_steps} steps each from the world's base.")
+    if only in (None, "ipnet"):
+        parts.append(f"IPNet variants: {ipnet_steps} steps each, distilled from the demo run's IDE-Net.")
+    flags = f" --only {only}" if only else ""
+    header = (f"# Toy ablations on the synthetic world\n\n{' '.join(parts)} Made by "
+              f"`python -m train.demo_ablations --work {work}{flags}`.\n\n")
+    return _write_tables(out, res, groups, steps, times, header)
+
+
+def _demo_run_editors(work: Path, only: str | None
+                      ) -> tuple[dict[str, tuple[str, Path]], dict[str, int | str], Path | None]:
+    """The demo run's own models as table rows (editors and step counts) and its IDE-Net, the IPNet variants'
+    teacher. Needed unless only the IDE-Net variants run; then listed only once finished."""
+    editors: dict[str, tuple[str, Path]] = {}
+    steps: dict[str, int | str] = {}
+    demo_idenet = demo_ipnet = None
+    if only != "idenet" or (work / "idenet.done.json").is_file():
+        demo_idenet = Path(_done(work, "idenet")["path"])
+        editors["IDE-Net (demo run)"] = ("idenet", demo_idenet)
+        steps["IDE-Net (demo run)"] = load_config(IDENetConfig, demo_idenet / "train_config.yaml").max_train_steps
+    if only != "idenet" or (work / "ipnet.done.json").is_file():
+        demo_ipnet = Path(_done(work, "ipnet")["path"])
+        n: int | str = load_config(IPNetConfig, demo_ipnet / "train_config.yaml").max_train_steps
+        if (work / "ipnet_warmup.done.json").is_file():  # the L_pair warm-up's steps, then the recipe's
+            warm = Path(_done(work, "ipnet_warmup")["path"])
+            n = f"{load_config(IPNetConfig, warm / 'train_config.yaml').max_train_steps}+{n}"
+        for row, method in (("IPNet 1-step (demo run)", "ipnet"), ("IPNet 2-step (demo run)", "ipnet-2step")):
+            editors[row], steps[row] = (method, demo_ipnet), n
+    return editors, steps, demo_idenet
+
+
+def _write_tables(out: Path, res: dict[str, Any], groups: dict[str, str], steps: dict[str, int | str],
+                  times: dict[str, float], header: str) -> list[dict[str, Any]]:
+    """``ablations.csv`` / ``.md`` / ``.json`` from the evaluation; prints the table and returns the CSV rows."""
     rows = []
     for name, m in res["rows"].items():
         rows.append({"group": groups.get(name, "reference"), "variant": name, "steps": steps.get(name, ""),
@@ -158,14 +178,6 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
         writer.writeheader()
         writer.writerows(rows)
     table = format_eval(res)
-    parts = []
-    if only in (None, "idenet"):
-        parts.append(f"IDE-Net variants: {idenet_steps} steps each from the world's base.")
-    if only in (None, "ipnet"):
-        parts.append(f"IPNet variants: {ipnet_steps} steps each, distilled from the demo run's IDE-Net.")
-    flags = f" --only {only}" if only else ""
-    header = (f"# Toy ablations on the synthetic world\n\n{' '.join(parts)} Made by "
-              f"`python -m train.demo_ablations --work {work}{flags}`.\n\n")
     (out / "ablations.md").write_text(header + table + "\n")
     (out / "ablations.json").write_text(json.dumps({"rows": rows, "evaluation": res, "train_seconds": times},
                                                    indent=1) + "\n")

@@ -1,7 +1,7 @@
 """Edit instructions for the paired dataset: templates over the poster's categories, or a user file.
 
 Every instruction comes with a *target caption* (what the edited portrait shows, for the CLIP-T filter) and a
-category. The templates cover the categories the InstantPortrait poster shows (DESIGN.md §1 "Data"):
+category. The templates cover the categories the InstantPortrait poster shows (README "Training", step 1):
 
 * ``accessories``: hipster glasses, headset, snorkel mask (and the crowns / face paint of the poster's prompts);
 * ``facial_hair``: mustache (and a beard);

@@ -1,6 +1,6 @@
 """accelerate launch -m train.train_idenet --config train/configs/idenet_aid.yaml --output-dir outputs/idenet_aid
 
-Fine-tune an InstructPix2Pix-format model into IDE-Net, the identity-enhanced teacher (DESIGN.md §1):
+Fine-tune an InstructPix2Pix-format model into IDE-Net, the identity-enhanced teacher (README "Training", step 3):
 
     loss = ε-MSE + identity_weight * mean_b w_b (1 - cos(ArcFace(align(decode(x̂0_b), kps_src_b)), ArcFace(src_b)))
 
@@ -21,8 +21,7 @@ with ``train_config.yaml`` and a model card: ``get_editor("idenet", model=output
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,33 +37,13 @@ from instantportrait.training.losses import (
     identity_loss,
 )
 from train.common import (
-    LOG_FILE,
-    UNET_DIR,
-    JsonlLogger,
-    clip_gradients,
     encode_prompts,
-    finish_training,
-    load_checkpoint,
-    load_ema,
     load_identity_model,
-    load_unet_weights,
-    make_accelerator,
-    make_ema,
-    make_lr_scheduler,
-    make_optimizer,
-    make_validation_scorers,
-    mean_logs,
-    optimizer_stepped,
     resolve_model_path,
-    resolve_resume,
-    run_validation,
-    save_ema,
-    save_unet,
-    step_generator,
-    train_loop,
     weight_dtype,
 )
 from train.config import CONFIG_FILE, IDENetConfig, config_to_dict, parse_config, save_config
+from train.trainer import Trainer, TrainerParts, Turn, trainable
 
 STREAM = "idenet"
 
@@ -196,28 +175,15 @@ def build_parts(pipe: Any, cfg: IDENetConfig, device: torch.device, frozen_dtype
 
 
 def idenet_model_card(cfg: IDENetConfig, base: str, data: dict[str, Any]) -> str:
-    """A model card for an IDE-Net checkpoint (YAML header + Markdown)."""
-    from instantportrait.hub import INSIGHTFACE_NOTE
+    """The IDE-Net card (``hub.cards.model_card``, kind ``idenet``) from this run's config and data counts."""
+    from instantportrait.hub.cards import model_card
 
-    header = {"library_name": "diffusers", "pipeline_tag": "image-to-image", "license": "openrail",
-              "tags": ["instantportrait", "idenet", "instruction-based-editing", "portrait"]}
-    return "\n".join([
-        "---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
-        "# IDE-Net (InstantPortrait teacher)", "",
-        "Identity-enhanced InstructPix2Pix fine-tune from the InstantPortrait project (an open implementation of "
-        "*InstantPortrait: One-Step Portrait Editing via Diffusion Multi-Objective Distillation*, ICLR 2025): the "
-        "multi-step teacher IPNet is distilled from.", "",
-        "## Use", "```python",
-        "from instantportrait.methods import get_editor",
-        "editor = get_editor(\"idenet\", model=\"PATH_OR_REPO\")",
-        "out = editor.edit([image], [\"wearing hipster glasses\"], seed=0)[0]", "```", "",
-        f"Base model: `{base}`. Identity weighting: `{cfg.identity_weighting}` (weight {cfg.identity_weight}); "
-        f"identity model: `{Path(cfg.identity_model).name}`.", "",
-        "## Training recipe", "```yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).strip(), "```", "",
-        "## Data", f"Paired-edit dataset `{cfg.dataset}`: " + yaml.safe_dump(data.get("counts", {}),
-                                                                             default_flow_style=True).strip(), "",
-        "## Licence notes", INSIGHTFACE_NOTE, "",
-    ])
+    counts = yaml.safe_dump(data.get("counts", {}), default_flow_style=True).strip()
+    return model_card({
+        "kind": "idenet", "name": "IDE-Net (InstantPortrait teacher)", "base_model": base,
+        "details": f"Base model: `{base}`. Identity weighting: `{cfg.identity_weighting}` (weight "
+                   f"{cfg.identity_weight}); identity model: `{Path(cfg.identity_model).name}`.",
+        "training": config_to_dict(cfg), "data": f"Paired-edit dataset `{cfg.dataset}`: {counts}"})
 
 
 def save_idenet(unet: nn.Module, base_path: Path, cfg: IDENetConfig, out: Path, data_info: dict[str, Any]) -> Path:
@@ -235,131 +201,43 @@ def save_idenet(unet: nn.Module, base_path: Path, cfg: IDENetConfig, out: Path, 
 # ---------------------------------------------------------------------------------------------------- training
 def train(cfg: IDENetConfig) -> Path:
     """Train IDE-Net as ``cfg`` says; returns the output folder (a loadable pipeline)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
     from instantportrait.training.data import PairedEditDataset
 
-    accelerator = make_accelerator(cfg)
-    device, frozen_dtype = accelerator.device, weight_dtype(cfg.mixed_precision)
-    out = Path(cfg.output_dir)
-    log = JsonlLogger(out / LOG_FILE, enabled=accelerator.is_main_process)
-
+    trainer = Trainer(cfg)
     base_path = resolve_model_path(cfg.model)
     pipe = load_base_pipeline(base_path)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     if cfg.resolution % factor:
         raise ValueError(f"resolution {cfg.resolution} must be a multiple of the VAE factor {factor}")
     dataset = PairedEditDataset(cfg.dataset, cfg.resolution, hflip=cfg.hflip, seed=cfg.seed)
-    unet = pipe.unet.to(device).train()
+    unet = pipe.unet.to(trainer.device)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()  # the identity loss backpropagates through the decoder
-    parts = build_parts(pipe, cfg, device, frozen_dtype)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.learning_rate, cfg)
-    lr_scheduler = make_lr_scheduler(optimizer, cfg, cfg.max_train_steps)
-    ema = make_ema(unet, cfg)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    parts.unet = unet
+    parts = build_parts(pipe, cfg, trainer.device, weight_dtype(cfg.mixed_precision))
 
-    def save_hook(models: list, weights: list, folder: str) -> None:
-        if accelerator.is_main_process:
-            for model in models:
-                save_unet(accelerator.unwrap_model(model), Path(folder) / UNET_DIR)
-            if ema is not None:
-                save_ema(ema, accelerator.unwrap_model(unet), Path(folder))
-        weights.clear()  # the hook wrote the weights; accelerate must not write them again
+    def losses(model: nn.Module, batch: dict[str, Any], gen: torch.Generator, step: int, micro: int
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return idenet_losses(replace(parts, unet=model), batch, cfg, gen, step)  # the prepared (DDP) UNet
 
-    def load_hook(models: list, folder: str) -> None:
-        while models:
-            load_unet_weights(accelerator.unwrap_model(models.pop()), Path(folder) / UNET_DIR)
-        if ema is not None:
-            load_ema(ema, accelerator.unwrap_model(unet), Path(folder), device)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-    start_step = 0
-    resume_from = resolve_resume(cfg.resume, out)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from, cfg)
-        start_step = int(state["global_step"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        log.log({"event": "resume", "checkpoint": str(resume_from), "global_step": start_step})
-    elif cfg.resume == "latest":
-        log.log({"event": "resume", "checkpoint": None, "note": f"no checkpoint in {out}: starting fresh"})
-    if accelerator.is_main_process:
-        save_config(cfg, out / CONFIG_FILE)
-    log.log({"event": "start", "trainer": "idenet", "global_step": start_step, "base_model": str(base_path),
-             "rows": len(dataset), "num_processes": accelerator.num_processes,
-             "effective_batch": cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
-             "identity_model": cfg.identity_model if parts.arcface is not None else None})
-
-    def train_step(micro: list[dict[str, Any]], step: int) -> dict[str, float]:
-        unet.train()
-        records: list[dict[str, float]] = []
-        for m, batch in enumerate(micro):
-            gen = step_generator(cfg.seed, STREAM, step, m, accelerator.process_index, device)
-            sync = contextlib.nullcontext() if m == len(micro) - 1 else accelerator.no_sync(unet)
-            with sync:
-                with accelerator.autocast():
-                    losses, step_logs = idenet_losses(parts, batch, cfg, gen, step)
-                    loss = total_loss(losses, cfg)
-                accelerator.backward(loss / len(micro))
-            records.append({"loss": float(loss.detach()), **step_logs})
-        logs = mean_logs(records)
-        grad_norm = clip_gradients(accelerator, optimizer, params, cfg.max_grad_norm)
-        optimizer.step()
-        if optimizer_stepped(optimizer):
-            lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(accelerator.unwrap_model(unet).parameters())
-        logs["lr"] = lr_scheduler.get_last_lr()[0]
-        if grad_norm is not None:
-            logs["grad_norm"] = grad_norm
-        return logs
-
-    scorers = make_validation_scorers(cfg, device) if cfg.validation_steps and accelerator.is_main_process \
-        else (None, None)
-
-    def validate(step: int) -> dict[str, Any]:
-        if not accelerator.is_main_process:
-            return {}
-        from diffusers import StableDiffusionInstructPix2PixPipeline
-
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        model.eval()
+    def edit(images: list, prompts: list[str], generator: torch.Generator) -> list:
         val_pipe = StableDiffusionInstructPix2PixPipeline(
-            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=model,
+            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet,
             scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         val_pipe.set_progress_bar_config(disable=True)
+        return val_pipe(prompts, image=images, num_inference_steps=cfg.validation_inference_steps,
+                        guidance_scale=cfg.validation_guidance_scale,
+                        image_guidance_scale=cfg.validation_image_guidance_scale, generator=generator).images
 
-        def edit(images: list, prompts: list[str]) -> list:
-            with accelerator.autocast(), torch.no_grad():
-                return val_pipe(prompts, image=images, num_inference_steps=cfg.validation_inference_steps,
-                                guidance_scale=cfg.validation_guidance_scale,
-                                image_guidance_scale=cfg.validation_image_guidance_scale,
-                                generator=torch.Generator(device=device).manual_seed(cfg.seed)).images
-
-        try:
-            return run_validation(edit, dataset, cfg, step, scorers)
-        finally:
-            if ema is not None:
-                ema.restore(model.parameters())
-            model.train()
-
-    def checkpoint_state() -> dict[str, Any]:
-        return {"lr_scheduler": lr_scheduler.state_dict()}
-
-    step = train_loop(accelerator=accelerator, cfg=cfg, dataset=dataset, start_step=start_step,
-                      train_step=train_step, checkpoint_state=checkpoint_state,
-                      validate=validate if cfg.validation_steps else None, log=log)
-
-    finish_training(accelerator, cfg, accelerator.unwrap_model(unet), ema,
-                    lambda final: save_idenet(final, base_path, cfg, out, dataset.info), log, step)
-    return out
+    turn = Turn(STREAM, losses, lambda terms: total_loss(terms, cfg), trainable(unet), cfg.learning_rate,
+                cfg.max_train_steps, ema=True)
+    return trainer.run(TrainerParts(
+        "idenet", model=unet, unet=unet, dataset=dataset, turns=[turn], edit=edit,
+        save=lambda final: save_idenet(final, base_path, cfg, trainer.out, dataset.info),
+        info={"base_model": str(base_path),
+              "identity_model": cfg.identity_model if parts.arcface is not None else None}))
 
 
 def main(argv: list[str] | None = None) -> Path:

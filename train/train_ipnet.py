@@ -1,6 +1,6 @@
 """accelerate launch -m train.train_ipnet --config train/configs/ipnet_full.yaml --output-dir outputs/ipnet_full
 
-Distil IDE-Net into IPNet, the one-step student (DESIGN.md §1, "Diffusion Multi-Objective Distillation").
+Distil IDE-Net into IPNet, the one-step student (README "Training", step 4: "Diffusion Multi-Objective Distillation").
 
 DMD2-style layout: one ``IPNetWrapper`` module holds the trainable student UNet, the frozen teacher UNet (IDE-Net),
 the discriminator (its heads train; by default ``losses.UNetFeatureDiscriminator`` reading the frozen teacher's
@@ -9,7 +9,8 @@ generator=...)`` returns ``(loss_dict, log_dict)``; this trainer applies the wei
 
 * ``adv``      hinge (or non-saturating) generator loss through the discriminator on the re-noised student output;
 * ``distill``  regression onto the teacher's multi-step edit (``inversion.teacher_target``; ``teacher_start``
-  ddim-inversion | stochastic; ``distill_space`` latent | pixel; ``distill_kind`` l2 | l1 | perceptual ...);
+  ddim-inversion | stochastic; ``distill_pairing`` shared | independent, see ``IPNetWrapper.starts``;
+  ``inversion_prompt`` empty | instruction; ``distill_space`` latent | pixel; ``distill_kind`` l2 | l1 | ...);
 * ``sds``      score distillation with the teacher's image/text-CFG score;
 * ``triplet``  Facial-Style Enhancing triplet (anchor student, positive teacher, negative source) on face-region
   features: CLIP image features (``ClipScorer.image_features_differentiable``) when ``clip`` is configured, else
@@ -22,8 +23,10 @@ generator=...)`` returns ``(loss_dict, log_dict)``; this trainer applies the wei
   than the unchanged source, BENCHMARKS.md §5).
 
 The discriminator steps every iteration on (real target, detached student output); the student every
-``gen_update_ratio`` iterations. ``two_step`` also trains the student applied to its own (detached) output, as the
-2-step "style boost" runs it. The teacher's outputs are computed on the fly (keep ``teacher_steps`` small in tests).
+``gen_update_ratio`` iterations. Every term is a mean, so a weight of 1 means the same for each; every
+``log_grad_norms_every`` steps the log holds each term's gradient norm on the student output (``grad_norm/<term>``).
+2-step is inference-only (the pipeline's ``num_inference_steps=2``): ``two_step: true`` is refused. The teacher's
+outputs are computed on the fly (keep ``teacher_steps`` small in tests).
 
 The output folder is an ``InstantPortraitPipeline`` (safetensors, model card with the config, ``train_config.yaml``):
 ``get_editor("ipnet", model=output_dir)`` loads it.
@@ -31,20 +34,19 @@ The output folder is an ``InstantPortraitPipeline`` (safetensors, model card wit
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from instantportrait.pipelines.ipnet import InstantPortraitPipeline, ipnet_from_instruct_pix2pix
 from instantportrait.training.data import face_boxes
-from instantportrait.training.inversion import teacher_target
+from instantportrait.training.inversion import normality_stats, teacher_target
 from instantportrait.training.losses import (
     UNetFeatureDiscriminator,
     box_weight_map,
@@ -61,34 +63,14 @@ from instantportrait.training.losses import (
     vae_encoder_feature_fn,
 )
 from train.common import (
-    LOG_FILE,
-    UNET_DIR,
-    JsonlLogger,
-    clip_gradients,
     encode_prompts,
-    finish_training,
-    load_checkpoint,
-    load_ema,
     load_identity_model,
-    load_unet_weights,
-    make_accelerator,
     make_clip_scorer,
-    make_ema,
-    make_lr_scheduler,
-    make_optimizer,
-    make_validation_scorers,
-    mean_logs,
-    optimizer_stepped,
     resolve_model_path,
-    resolve_resume,
-    run_validation,
-    save_ema,
-    save_unet,
-    step_generator,
-    train_loop,
     weight_dtype,
 )
 from train.config import CONFIG_FILE, IPNetConfig, config_to_dict, parse_config, save_config
+from train.trainer import Trainer, TrainerParts, Turn, trainable
 
 DISC_FILE = "discriminator.safetensors"
 LOSS_TERMS = ("adv", "distill", "sds", "triplet", "identity", "pair")
@@ -151,22 +133,38 @@ class IPNetLossSettings:
     face_crop_expand: float
     triplet_crop_size: int
     pair_face_weight: float = 1.0
+    distill_pairing: str = "shared"  # shared | independent: see IPNetWrapper.starts
+    inversion_prompt: str = "empty"  # empty | instruction: what DDIM inversion is conditioned on
+    log_grad_norms_every: int = 50  # grad_norm/<term> every N generator steps; 0 = off
+
+    def __post_init__(self) -> None:
+        if self.two_step:
+            raise ValueError("two_step: true is refused: 2-step is inference-only (the pipeline's "
+                             "num_inference_steps=2 runs the one-step student on its own output, as the poster "
+                             "presents it); training its second output toward the one-step teacher target worked "
+                             "against the style boost. Set two_step: false.")
 
     @classmethod
     def from_config(cls, cfg: IPNetConfig, triplet_crop_size: int) -> IPNetLossSettings:
-        return cls(
-            weights=cfg.weights.active(), two_step=cfg.two_step, two_step_weight=cfg.two_step_weight,
-            adv_loss=cfg.adv_loss, disc_t_range=(cfg.disc_t_min, cfg.disc_t_max), teacher_start=cfg.teacher_start,
-            teacher_t_start=cfg.teacher_t_start, teacher_steps=cfg.teacher_steps, inversion_steps=cfg.inversion_steps,
-            teacher_text_guidance=cfg.teacher_text_guidance, teacher_image_guidance=cfg.teacher_image_guidance,
-            distill_space=cfg.distill_space, distill_kind=cfg.distill_kind, sds_t_range=(cfg.sds_t_min, cfg.sds_t_max),
-            sds_text_guidance=cfg.sds_text_guidance, sds_image_guidance=cfg.sds_image_guidance,
-            sds_weighting=cfg.sds_weighting, triplet_margin=cfg.triplet_margin,
-            triplet_distance=cfg.triplet_distance, face_crop_expand=cfg.face_crop_expand,
-            triplet_crop_size=triplet_crop_size, pair_face_weight=cfg.pair_face_weight)
+        """Each setting named like a config field is copied from it, so a new setting needs no line here; only the
+        derived ones (active weights, timestep ranges, the crop size) are spelled out. A setting that is neither
+        raises at once."""
+        derived = {"weights": cfg.weights.active(), "disc_t_range": (cfg.disc_t_min, cfg.disc_t_max),
+                   "sds_t_range": (cfg.sds_t_min, cfg.sds_t_max), "triplet_crop_size": triplet_crop_size}
+        names = [f.name for f in fields(cls)]
+        config_names = {f.name for f in fields(cfg)}
+        unknown = [n for n in names if n not in derived and n not in config_names]
+        if unknown:
+            raise TypeError(f"IPNetLossSettings.{', '.join(unknown)}: neither an IPNetConfig field nor derived in "
+                            "from_config")
+        return cls(**{n: derived[n] if n in derived else getattr(cfg, n) for n in names})
 
     def uses(self, term: str) -> bool:
         return self.weights.get(term, 0.0) > 0
+
+    def grad_norms_due(self, step: int | None) -> bool:
+        """Whether generator step ``step`` logs per-term gradient norms (never without a step number)."""
+        return step is not None and self.log_grad_norms_every > 0 and step % self.log_grad_norms_every == 0
 
 
 def make_triplet_features(cfg: IPNetConfig, vae: nn.Module, device: torch.device) -> tuple[FeatureFn, int, str]:
@@ -201,10 +199,12 @@ class IPNetWrapper(nn.Module):
     ``forward(batch, turn, generator, fake_latents=None) -> (loss_dict, log_dict)``:
 
     * ``turn="generator"``: the student's one-step output and the unweighted terms in ``settings.weights``
-      (``adv``, ``distill``, ``sds``, ``triplet``, ``identity``); with ``two_step``, each term also gets
-      ``two_step_weight`` times the same term on the second output. ``log_dict["disc_inputs"]`` holds detached
-      tensors for the discriminator turn (the output and the batch's encodings, as DMD2 hands its generator's
-      output to the guidance turn); every other log value is a float.
+      (``adv``, ``distill``, ``sds``, ``triplet``, ``identity``, ``pair``), each a mean. With ``step`` a multiple of
+      ``settings.log_grad_norms_every``, ``log_dict["grad_norm/<term>"]`` = ‖∂term/∂output‖ (unweighted; computed
+      with ``torch.autograd.grad(..., retain_graph=True)``, so the trainer's backward still runs). Only the one-step
+      output is trained: 2-step is inference-only (``IPNetLossSettings`` refuses ``two_step``).
+      ``log_dict["disc_inputs"]`` holds detached tensors for the discriminator turn (the output and the batch's
+      encodings, as DMD2 hands its generator's output to the guidance turn); every other log value is a float.
     * ``turn="discriminator"``: ``{"disc": loss}`` on the real targets and the student output from ``disc_inputs``
       (or, without it, a fresh gradient-free one).
 
@@ -256,10 +256,54 @@ class IPNetWrapper(nn.Module):
         uncond = encode_prompts(tokenizer, self.text_encoder, [""], device)  # (1, L, D)
         return {"src_latents": src_latents, "tgt_latents": tgt_latents, "prompt": prompt, "uncond": uncond}
 
-    def student(self, source_latents: torch.Tensor, prompt: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The student's one-step output (scaled clean latents, float32), differentiable in its parameters."""
-        start = self.pipe.start_latents(source_latents, generator)  # (B, 4, h, w)
+    def student(self, source_latents: torch.Tensor, prompt: torch.Tensor, generator: torch.Generator | None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        """The student's one-step output (scaled clean latents, float32), differentiable in its parameters, from
+        ``start`` or, without it, from the pipeline's own start drawn from ``generator`` (what inference does)."""
+        if start is None:
+            start = self.pipe.start_latents(source_latents, generator)  # (B, 4, h, w)
         return self.pipe.predict_clean_latents(start, source_latents, prompt.to(self.student_unet.dtype))
+
+    def _start_is_at_teacher_level(self) -> bool:
+        """Whether the pipeline's start is a latent at the teacher's ``teacher_t_start``: the noised source at
+        t* = teacher_t_start (``start="source"``), or pure noise with the teacher starting at the last timestep,
+        where every sampler starts from ε (``start="noise"``)."""
+        t_start, cfg = self.settings.teacher_t_start, self.pipe.config
+        if cfg.start == "source":
+            return t_start == int(cfg.timestep)
+        return t_start == int(self.pipe.scheduler.config.num_train_timesteps) - 1
+
+    @torch.no_grad()
+    def starts(self, enc: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, Any]:
+        """The student's start and what the teacher starts from (``distill_pairing``), one draw per batch.
+
+        At inference the student sees ``pipe.start_latents`` (pure ε, or the source noised to t* with ε: see
+        ``pipelines/ipnet.py``), so its training start is always built by that same method; what pairing changes is
+        the teacher's start. ``{"student": z, "teacher": z or None, "noise": ε or None}``; None: the teacher finds
+        its own (``teacher_target`` inverts, or draws ε from ``generator``).
+
+        * ``independent``: the student's ε and the teacher's are separate draws (the ablation; with the stochastic
+          start the target is an independent sample, and regressing onto it teaches the mean: a blur).
+        * ``shared`` + ``stochastic``: one ε for both. When the pipeline's start is a latent at the teacher's level
+          (``_start_is_at_teacher_level``) the teacher samples from the student's very start tensor; otherwise (e.g.
+          the demo's student at t* = 300 from the noised source, teacher at 999) from the source noised to
+          ``teacher_t_start`` with the same ε. Either way the target is a function of what the student sees.
+        * ``shared`` + ``ddim-inversion``: the teacher starts from the source's DDIM inversion (empty instruction by
+          default) and the student keeps the pipeline's start. Decision: starting the student from the inverted z_t
+          would need the teacher and ``inversion_steps`` more network evaluations at inference to match training
+          (the pipeline holds only the student); the inverted target is already a deterministic function of the
+          source and the instruction, which the student sees, so there is no independent sample to average into a
+          blur. ``normality_stats`` of the inverted starts are logged (``inversion_start/*``) to report how far they
+          are from the N(0, I) the student gets.
+        """
+        s, src = self.settings, enc["src_latents"]
+        if s.distill_pairing != "shared" or s.teacher_start != "stochastic" or not (
+                s.uses("distill") or s.uses("triplet")):
+            return {"student": self.pipe.start_latents(src, generator), "teacher": None, "noise": None}
+        noise = randn_tensor(src.shape, generator=generator, device=src.device, dtype=torch.float32)  # (B, 4, h, w)
+        student = self.pipe.start_latents(src, None, noise=noise)  # (B, 4, h, w)
+        return {"student": student, "teacher": student if self._start_is_at_teacher_level() else None,
+                "noise": noise}
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> pixels in [-1, 1], float32 (differentiable through the frozen VAE decoder)."""
@@ -277,42 +321,61 @@ class IPNetWrapper(nn.Module):
 
     # ------------------------------------------------------------------ turns
     def forward(self, batch: dict[str, Any], turn: str, generator: torch.Generator,
-                disc_inputs: dict[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                disc_inputs: dict[str, Any] | None = None, step: int | None = None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if turn == "generator":
-            return self.generator_turn(batch, generator)
+            return self.generator_turn(batch, generator, step)
         if turn == "discriminator":
             return self.discriminator_turn(batch, generator, disc_inputs)
         raise ValueError(f"turn must be 'generator' or 'discriminator', got {turn!r}")
 
-    def generator_turn(self, batch: dict[str, Any], generator: torch.Generator
+    def generator_turn(self, batch: dict[str, Any], generator: torch.Generator, step: int | None = None
                        ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        s = self.settings
         enc = self.encode(batch)
-        x0 = self.student(enc["src_latents"], enc["prompt"], generator)  # (B, 4, h, w)
-        ctx = self._targets(batch, enc, generator)
+        starts = self.starts(enc, generator)
+        x0 = self.student(enc["src_latents"], enc["prompt"], generator, start=starts["student"])  # (B, 4, h, w)
+        ctx = self._targets(batch, enc, generator, starts)
         losses, logs = self._terms(x0, batch, enc, ctx, generator)
-        if s.two_step:
-            x0_2 = self.student(x0.detach() / self.scaling_factor, enc["prompt"], generator)  # (B, 4, h, w)
-            losses2, logs2 = self._terms(x0_2, batch, enc, ctx, generator)
-            for k, v in losses2.items():
-                losses[k] = losses[k] + s.two_step_weight * v
-            logs.update({f"step2_{k}": v for k, v in logs2.items()})
+        if self.settings.grad_norms_due(step):
+            logs.update(self.grad_norms(losses, x0))
+        logs.update(ctx.get("logs", {}))
         logs["student_latent_std"] = float(x0.detach().std())
         logs["disc_inputs"] = {"fake_latents": x0.detach(), "enc": enc}
         return losses, logs
 
+    @staticmethod
+    def grad_norms(losses: dict[str, torch.Tensor], out: torch.Tensor) -> dict[str, float]:
+        """``{"grad_norm/<term>": ‖∂term/∂out‖}`` for each unweighted term (its weight scales it linearly), so the
+        terms' pulls on the student output can be compared; the graph is retained for the trainer's backward."""
+        if not out.requires_grad:
+            return {}
+        norms: dict[str, float] = {}
+        for k, v in losses.items():
+            grad = torch.autograd.grad(v, out, retain_graph=True, allow_unused=True)[0] if v.requires_grad else None
+            norms[f"grad_norm/{k}"] = 0.0 if grad is None else float(grad.float().norm())
+        return norms
+
     @torch.no_grad()
-    def _targets(self, batch: dict[str, Any], enc: dict[str, torch.Tensor], generator: torch.Generator
-                 ) -> dict[str, Any]:
-        """What the generator terms compare with, computed once per batch (no gradient)."""
+    def _targets(self, batch: dict[str, Any], enc: dict[str, torch.Tensor], generator: torch.Generator | None,
+                 starts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the generator terms compare with, computed once per batch (no gradient); ``starts`` from
+        :meth:`starts` (None: the teacher finds its own start)."""
         s = self.settings
         ctx: dict[str, Any] = {}
         if s.uses("distill") or s.uses("triplet"):
-            ctx["teacher_latents"] = teacher_target(
+            starts = starts or {}
+            b = enc["src_latents"].shape[0]
+            inversion_prompt = enc["uncond"].expand(b, -1, -1) if s.inversion_prompt == "empty" else enc["prompt"]
+            target = teacher_target(
                 s.teacher_start, self.teacher_unet, self.pipe.scheduler, enc["src_latents"] * self.scaling_factor,
                 enc["src_latents"], enc["prompt"], enc["uncond"], t_start=s.teacher_t_start, num_steps=s.teacher_steps,
                 text_guidance=s.teacher_text_guidance, image_guidance=s.teacher_image_guidance,
-                inversion_steps=s.inversion_steps, generator=generator, prediction_type=self.prediction_type).latents
+                inversion_steps=s.inversion_steps, inversion_prompt_embeds=inversion_prompt,
+                noise=starts.get("noise"), start=starts.get("teacher"), generator=generator,
+                prediction_type=self.prediction_type)
+            ctx["teacher_latents"], ctx["teacher_start"] = target.latents, target.start
+            if s.teacher_start == "ddim-inversion":
+                ctx["logs"] = {f"inversion_start/{k}": v for k, v in normality_stats(target.start).items()}
             if s.uses("triplet") or (s.uses("distill") and s.distill_space == "pixel"):
                 ctx["teacher_pixels"] = self.decode(ctx["teacher_latents"])  # (B, 3, H, W)
         if s.uses("triplet"):
@@ -461,156 +524,44 @@ def train(cfg: IPNetConfig) -> Path:
     """Train IPNet as ``cfg`` says; returns the output folder (a loadable ``InstantPortraitPipeline``)."""
     from instantportrait.training.data import PairedEditDataset
 
-    accelerator = make_accelerator(cfg, find_unused_parameters=True)
-    device = accelerator.device
-    out = Path(cfg.output_dir)
-    log = JsonlLogger(out / LOG_FILE, enabled=accelerator.is_main_process)
-
-    wrapper, init_path, triplet_desc = build_wrapper(cfg, device, weight_dtype(cfg.mixed_precision))
+    trainer = Trainer(cfg, find_unused_parameters=True)
+    wrapper, init_path, triplet_desc = build_wrapper(cfg, trainer.device, weight_dtype(cfg.mixed_precision))
     dataset = PairedEditDataset(cfg.dataset, cfg.resolution, hflip=cfg.hflip, seed=cfg.seed)
-    student_unet = wrapper.student_unet
-    g_params = [p for p in student_unet.parameters() if p.requires_grad]
-    g_opt = make_optimizer(g_params, cfg.learning_rate, cfg)
-    g_sched = make_lr_scheduler(g_opt, cfg, math.ceil(cfg.max_train_steps / cfg.gen_update_ratio))
     disc = wrapper.discriminator
-    d_params = [p for p in disc.parameters() if p.requires_grad] if disc is not None else []
-    d_opt = make_optimizer(d_params, cfg.disc_learning_rate, cfg) if disc is not None else None
-    d_sched = make_lr_scheduler(d_opt, cfg, cfg.max_train_steps) if d_opt is not None else None
-    ema = make_ema(student_unet, cfg)
-    wrapper.train()
-    if d_opt is not None:
-        wrapper, g_opt, d_opt = accelerator.prepare(wrapper, g_opt, d_opt)
-    else:
-        wrapper, g_opt = accelerator.prepare(wrapper, g_opt)
-    inner: IPNetWrapper = accelerator.unwrap_model(wrapper)
-
-    def save_hook(models: list, weights: list, folder: str) -> None:
-        if accelerator.is_main_process:
-            for model in models:
-                model = accelerator.unwrap_model(model)
-                save_unet(model.student_unet, Path(folder) / UNET_DIR)
-                if model.discriminator is not None:
-                    save_file({k: v.contiguous() for k, v in model.discriminator.state_dict().items()},
-                              str(Path(folder) / DISC_FILE))
-            if ema is not None:
-                save_ema(ema, inner.student_unet, Path(folder))
-        weights.clear()
-
-    def load_hook(models: list, folder: str) -> None:
-        while models:
-            model = accelerator.unwrap_model(models.pop())
-            load_unet_weights(model.student_unet, Path(folder) / UNET_DIR)
-            if model.discriminator is not None:
-                model.discriminator.load_state_dict(load_file(str(Path(folder) / DISC_FILE)))
-        if ema is not None:
-            load_ema(ema, inner.student_unet, Path(folder), device)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-
-    start_step = 0
-    resume_from = resolve_resume(cfg.resume, out)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from, cfg)
-        start_step = int(state["global_step"])
-        g_sched.load_state_dict(state["g_lr_scheduler"])
-        if d_sched is not None:
-            d_sched.load_state_dict(state["d_lr_scheduler"])
-        log.log({"event": "resume", "checkpoint": str(resume_from), "global_step": start_step})
-    elif cfg.resume == "latest":
-        log.log({"event": "resume", "checkpoint": None, "note": f"no checkpoint in {out}: starting fresh"})
-    if accelerator.is_main_process:
-        save_config(cfg, out / CONFIG_FILE)
-    log.log({"event": "start", "trainer": "ipnet", "global_step": start_step, "teacher": str(cfg.model),
-             "student_init": str(init_path), "rows": len(dataset), "num_processes": accelerator.num_processes,
-             "effective_batch": cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
-             "loss_weights": cfg.weights.active(), "triplet_features": triplet_desc,
-             "discriminator": cfg.discriminator if disc is not None else None})
     gen_weights = cfg.weights.active()
+    handed: dict[tuple[int, int], dict[str, Any]] = {}  # (step, micro) -> the generator turn's output, for DMD2's
+    # discriminator turn on the same micro-batch (without it, the discriminator turn draws a fresh student output)
 
-    def train_step(micro: list[dict[str, Any]], step: int) -> dict[str, float]:
-        wrapper.train()
-        g_records: list[dict[str, float]] = []
-        d_records: list[dict[str, float]] = []
-        logs: dict[str, float] = {}
-        n = len(micro)
-        update_g = (step - 1) % cfg.gen_update_ratio == 0
-        handed: list[dict[str, Any] | None] = [None] * n  # generator -> discriminator turn
-        if update_g:
-            for m, batch in enumerate(micro):
-                gen = step_generator(cfg.seed, "ipnet-g", step, m, accelerator.process_index, device)
-                with contextlib.nullcontext() if m == n - 1 else accelerator.no_sync(wrapper):
-                    with accelerator.autocast():
-                        losses, step_logs = wrapper(batch, "generator", gen)
-                        loss = weighted_total(losses, gen_weights)
-                    accelerator.backward(loss / n)
-                handed[m] = step_logs.pop("disc_inputs")
-                g_records.append({"loss_g": float(loss.detach()), **step_logs})
-            logs.update(mean_logs(g_records))
-            norm = clip_gradients(accelerator, g_opt, g_params, cfg.max_grad_norm)
-            g_opt.step()
-            if optimizer_stepped(g_opt):
-                g_sched.step()
-            g_opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(inner.student_unet.parameters())
-            if norm is not None:
-                logs["grad_norm_g"] = norm
-        if d_opt is not None:
-            d_opt.zero_grad(set_to_none=True)  # drop what the generator turn sent into the heads
-            for m, batch in enumerate(micro):
-                gen = step_generator(cfg.seed, "ipnet-d", step, m, accelerator.process_index, device)
-                with contextlib.nullcontext() if m == n - 1 else accelerator.no_sync(wrapper):
-                    with accelerator.autocast():
-                        losses, step_logs = wrapper(batch, "discriminator", gen, handed[m])
-                    accelerator.backward(losses["disc"] / n)
-                d_records.append({"loss_d": float(losses["disc"].detach()), **step_logs})
-            logs.update(mean_logs(d_records))
-            clip_gradients(accelerator, d_opt, d_params, cfg.max_grad_norm)
-            d_opt.step()
-            if optimizer_stepped(d_opt):
-                d_sched.step()
-            d_opt.zero_grad(set_to_none=True)
-        logs["lr"] = g_sched.get_last_lr()[0]
-        return logs
+    def generator_losses(model: nn.Module, batch: dict[str, Any], gen: torch.Generator, step: int, micro: int
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        losses, logs = model(batch, "generator", gen, step=step)
+        disc_inputs = logs.pop("disc_inputs")
+        if disc is not None:
+            handed[step, micro] = disc_inputs
+        return losses, logs
 
-    scorers = make_validation_scorers(cfg, device) if cfg.validation_steps and accelerator.is_main_process \
-        else (None, None)
+    def discriminator_losses(model: nn.Module, batch: dict[str, Any], gen: torch.Generator, step: int, micro: int
+                             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return model(batch, "discriminator", gen, handed.pop((step, micro), None))
 
-    def validate(step: int) -> dict[str, Any]:
-        if not accelerator.is_main_process:
-            return {}
-        unet = inner.student_unet
-        if ema is not None:
-            ema.store(unet.parameters())
-            ema.copy_to(unet.parameters())
-        unet.eval()
+    turns = [Turn("ipnet-g", generator_losses, lambda terms: weighted_total(terms, gen_weights),
+                  trainable(wrapper.student_unet), cfg.learning_rate,
+                  math.ceil(cfg.max_train_steps / cfg.gen_update_ratio), loss_key="loss_g",
+                  state_key="g_lr_scheduler", grad_norm_key="grad_norm_g", ema=True, every=cfg.gen_update_ratio)]
+    if disc is not None:
+        turns.append(Turn("ipnet-d", discriminator_losses, lambda terms: terms["disc"], trainable(disc),
+                          cfg.disc_learning_rate, cfg.max_train_steps, loss_key="loss_d", state_key="d_lr_scheduler",
+                          grad_norm_key=None))
 
-        def edit(images: list, prompts: list[str]) -> list:
-            with accelerator.autocast(), torch.no_grad():
-                return inner.pipe(images, prompts, num_inference_steps=1,
-                                  generator=torch.Generator(device=device).manual_seed(cfg.seed)).images
+    def edit(images: list, prompts: list[str], generator: torch.Generator) -> list:
+        return wrapper.pipe(images, prompts, num_inference_steps=1, generator=generator).images
 
-        try:
-            return run_validation(edit, dataset, cfg, step, scorers)
-        finally:
-            if ema is not None:
-                ema.restore(unet.parameters())
-            unet.train()
-
-    def checkpoint_state() -> dict[str, Any]:
-        state = {"g_lr_scheduler": g_sched.state_dict()}
-        if d_sched is not None:
-            state["d_lr_scheduler"] = d_sched.state_dict()
-        return state
-
-    step = train_loop(accelerator=accelerator, cfg=cfg, dataset=dataset, start_step=start_step,
-                      train_step=train_step, checkpoint_state=checkpoint_state,
-                      validate=validate if cfg.validation_steps else None, log=log)
-
-    finish_training(accelerator, cfg, inner.student_unet, ema,
-                    lambda final: save_ipnet(final, init_path, cfg, out, dataset.info), log, step)
-    return out
+    return trainer.run(TrainerParts(
+        "ipnet", model=wrapper, unet=wrapper.student_unet, dataset=dataset, turns=turns, edit=edit,
+        save=lambda final: save_ipnet(final, init_path, cfg, trainer.out, dataset.info),
+        modules={DISC_FILE: disc} if disc is not None else {},
+        info={"teacher": str(cfg.model), "student_init": str(init_path), "loss_weights": gen_weights,
+              "triplet_features": triplet_desc, "discriminator": cfg.discriminator if disc is not None else None}))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -51,6 +51,7 @@ from instantportrait.pipelines.tiny_decoder import (
     save_tiny_decoder,
 )
 from train.common import LOG_FILE, JsonlLogger, resolve_model_path, step_generator
+from train.loops import backward_step
 
 DEMO_WORLD = "demo-world"
 CHECKPOINT_DIR = "checkpoint"
@@ -148,8 +149,8 @@ def training_images(cfg: DistillConfig) -> torch.Tensor:
     if cfg.images == DEMO_WORLD:
         return to_uint8(world_images("train", cfg.num_images, cfg.size, cfg.world_seed, cfg.world_identities),
                         cfg.size)
-    from benchmark.data import IMAGE_SUFFIXES, image_files
-    from instantportrait.imageio import load_image
+    from benchmark.data import image_files
+    from instantportrait.imageio import IMAGE_SUFFIXES, load_image
 
     folder = Path(cfg.images).expanduser()
     if not folder.is_dir():
@@ -216,9 +217,7 @@ def distill_step(tiny: TinyDecoder, teacher: Teacher, optimizer: torch.optim.Opt
     lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    backward_step(optimizer, loss)
     return {"loss": float(loss.detach()), **logs, "lr": lr}
 
 

@@ -15,7 +15,9 @@ from instantportrait.app.scoring import Scorers
 from instantportrait.app.settings import AppSettings, settings_from_args
 from instantportrait.methods.sources import (
     TINY_LABEL,
+    Kind,
     ModelSource,
+    SourcePolicy,
     TinyModels,
     demo_model_dir,
     resolve_source,
@@ -28,11 +30,13 @@ __all__ = [
     "EditRequest",
     "EditService",
     "InputError",
+    "Kind",
     "MethodResult",
     "ModelManager",
     "ModelSource",
     "RequestResult",
     "Scorers",
+    "SourcePolicy",
     "TinyModels",
     "demo_model_dir",
     "editor_nbytes",

@@ -36,13 +36,16 @@ from instantportrait.app.scoring import Scorers, SourceFaces
 from instantportrait.app.settings import AppSettings
 from instantportrait.errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError
 from instantportrait.imageio import LoadedImage, load_image, prepare_image
-from instantportrait.methods import EditSettings, get_editor, list_methods
+from instantportrait.methods import EditSettings, list_methods
 from instantportrait.methods.sources import (
     TINY_LABEL,
+    Kind,
     ModelSource,
+    SourcePolicy,
     TinyModels,
     estimate_bytes,
     method_overrides,
+    open_editor,
     resolve_sources,
 )
 
@@ -196,7 +199,7 @@ class MethodResult:
             notes.append(f"CLIP-T n/a: {self.clip_note}")
         if self.load_seconds:
             notes.append(f"model loaded for this request in {self.load_seconds:.1f} s (not in the latency)")
-        if self.source.kind == "tiny":
+        if self.source.kind == Kind.TINY:
             lines.append(f"⚠️ **{TINY_LABEL}**")
         elif self.source.description:
             notes.append(f"model: {self.source.description}")
@@ -206,7 +209,7 @@ class MethodResult:
     def row(self) -> dict[str, Any]:
         return {
             "method": self.label,
-            "model": self.source.kind if self.source.kind != "tiny" else "TINY random weights",
+            "model": self.source.kind if self.source.kind != Kind.TINY else "TINY random weights",
             "network evaluations": self.nfe if self.nfe is not None else "n/a",
             "latency (ms)": round(self.latency_ms) if self.latency_ms is not None else "n/a",
             "ID-sim": round(self.id_sim, 3) if self.id_sim is not None else "n/a",
@@ -298,25 +301,24 @@ class EditService:
         work_dir = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix="instantportrait-"))
         work_dir.mkdir(parents=True, exist_ok=True)
         methods = list_methods()
-        tiny = TinyModels(work_dir / "tiny") if settings.allows_tiny else None
-        sources = resolve_sources(methods, sources=settings.sources,
-                                  overrides=method_overrides(methods, settings.models),
-                                  demo_root=settings.demo_root, tiny=tiny)
+
+        def policy(tiny: TinyModels | None) -> SourcePolicy:
+            return SourcePolicy(sources=settings.sources, overrides=method_overrides(methods, settings.models),
+                                demo_root=settings.demo_root, tiny=tiny, device=settings.torch_device,
+                                dtype=settings.torch_dtype, fallback_resolution=settings.resolution)
+
+        app_policy = policy(TinyModels(work_dir / "tiny") if settings.allows_tiny else None)
+        sources = resolve_sources(methods, app_policy)
         if settings.auto_tiny and not settings.allows_tiny and not any(s.available for s in sources.values()):
             logger.warning("no real or demo model is available for any method: serving TINY RANDOM-weight "
                            "stand-ins, labelled as such (start with --no-auto-tiny to refuse)")
             settings = dataclasses.replace(settings, tiny=True)
-            tiny = TinyModels(work_dir / "tiny")
-            sources = resolve_sources(methods, sources=settings.sources,
-                                      overrides=method_overrides(methods, settings.models),
-                                      demo_root=settings.demo_root, tiny=tiny)
+            app_policy = policy(TinyModels(work_dir / "tiny"))
+            sources = resolve_sources(methods, app_policy)
         manager = ModelManager(settings.budget_bytes())
         for name, source in sources.items():
             if source.available:
-                editor = get_editor(name, device=settings.torch_device, dtype=settings.torch_dtype,
-                                    model=source.location,
-                                    resolution=source.resolution or settings.resolution)
-                manager.add(name, editor, estimate_bytes(source))
+                manager.add(name, open_editor(name, app_policy, source=source)[0], estimate_bytes(source))
         scorers = Scorers(settings.face_pack, settings.clip, device=settings.torch_device,
                           tiny_root=work_dir / "tiny" if settings.allows_tiny else None)
         return cls(settings, sources, manager, scorers, work_dir)
@@ -343,7 +345,7 @@ class EditService:
 
     @property
     def uses_tiny(self) -> bool:
-        return any(s.kind == "tiny" for s in self.sources.values())
+        return any(s.kind == Kind.TINY for s in self.sources.values())
 
     def banner_markdown(self) -> str:
         """Which model every method and scorer uses here (shown at the top of the page)."""
@@ -391,10 +393,8 @@ class EditService:
     def _tokenizer_of_loaded_model(self, methods: Sequence[str]) -> Any:
         """The transformers tokenizer of a selected, already loaded real/demo model (None if there is none)."""
         for m in methods:
-            if m in self.manager and self.sources[m].kind in ("real", "demo"):
-                editor = self.manager.editor(m)
-                loaded = editor._loaded if editor.is_loaded else None  # Editor's own handle on its pipeline
-                tokenizer = getattr(loaded, "tokenizer", None)
+            if m in self.manager and self.sources[m].kind in (Kind.REAL, Kind.DEMO):
+                tokenizer = self.manager.editor(m).tokenizer
                 if tokenizer is not None and callable(tokenizer):
                     return tokenizer
         return None

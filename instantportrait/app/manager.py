@@ -36,18 +36,9 @@ logger = logging.getLogger(__name__)
 
 
 def editor_nbytes(editor: Editor) -> int:
-    """Bytes of the parameters and buffers of every module a loaded editor runs (0 when not loaded)."""
-    if not editor.is_loaded:
-        return 0
-    modules = editor._modules(editor._loaded)  # the Editor base class's own accessor of its loaded networks
-    seen: set[int] = set()
-    total = 0
-    for module in modules:
-        for t in list(module.parameters()) + list(module.buffers()):
-            if id(t) not in seen:  # shared tensors count once
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-    return total
+    """Bytes of the parameters and buffers of every module a loaded editor runs (0 when not loaded; shared tensors
+    once): :meth:`Editor.weight_bytes`, the same count the benchmark reports as ``weights_mb``."""
+    return editor.weight_bytes()
 
 
 @dataclass

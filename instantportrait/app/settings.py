@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from instantportrait.config import DTYPE_NAMES
 from instantportrait.methods.sources import DEMO_ROOT, SOURCE_KINDS
 
 _TRUE = {"1", "true", "yes", "on"}
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPE_NAMES.items()}
 
 
 @dataclass

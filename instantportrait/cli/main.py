@@ -11,12 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from instantportrait.cli.identity import add_identity_parser
 from instantportrait.cli.models import add_download_parser, add_models_parser
-
-EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_NO_FACE = 0, 2, 3, 4
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16",
-           "bf16": "bfloat16"}
+from instantportrait.config import DTYPE_NAMES, torch_dtype
+from instantportrait.errors import EXIT_INPUT, EXIT_MODEL, EXIT_NO_FACE, EXIT_OK  # noqa: F401 (re-exported)
 
 
 def _fail(message: str, code: int) -> int:
@@ -35,13 +33,12 @@ def output_paths(inputs: list[Path], out: Path | None, method: str) -> list[Path
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from instantportrait.errors import InvalidImageError, ModelNotAvailableError, NoFaceError
     from instantportrait.imageio import load_image
     from instantportrait.methods import EditSettings, editor_class
-    from instantportrait.methods.sources import demo_notice, open_editor
+    from instantportrait.methods.sources import cli_policy, demo_notice, open_editor
 
     if not args.instruction.strip():
         return _fail("the instruction is empty: describe the edit, e.g. 'wearing hipster glasses'", EXIT_INPUT)
@@ -74,15 +71,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-    dtype = getattr(torch, _DTYPES[args.dtype])
+    dtype = torch_dtype(args.dtype)
     try:
         editor_class(args.method)
     except KeyError as exc:
         return _fail(str(exc.args[0]), EXIT_INPUT)
     try:
-        editor, source = open_editor(args.method, model=args.model, resolution=args.resolution,
-                                     sources=("real",) if args.no_demo else ("real", "demo"),
-                                     device=args.device, dtype=dtype)
+        editor, source = open_editor(args.method, cli_policy(args.method, model=args.model, no_demo=args.no_demo,
+                                                             device=args.device, dtype=dtype,
+                                                             resolution=args.resolution))
         if source.kind == "demo":
             print(demo_notice(source), file=sys.stderr)
         t0 = time.perf_counter()
@@ -121,7 +118,7 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
                    help="IPNet: 1 or 2 (default: the method's own, 1 for ipnet); multi-step methods: sampling steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES))
     p.add_argument("--resolution", type=int, default=None,
                    help="long side the model works at (output keeps input size); default 512, or a demo model's own "
                         "training size (64)")
@@ -141,7 +138,8 @@ def add_stream_parser(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_edit_parser, add_stream_parser,
-                                                                  add_models_parser, add_download_parser]
+                                                                  add_models_parser, add_download_parser,
+                                                                  add_identity_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "method", None) and args.method.startswith("ipnet") and args.steps is not None:
-        if args.steps not in (1, 2):
-            return _fail("--steps for IPNet must be 1 or 2", EXIT_INPUT)
-        args.method = "ipnet" if args.steps == 1 else "ipnet-2step"
+        from instantportrait.methods.registry import ipnet_method
+
+        try:
+            args.method = ipnet_method(args.steps)
+        except ValueError as exc:
+            return _fail(str(exc), EXIT_INPUT)
         args.steps = None
     return args.func(args)

@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from instantportrait.config import _DIFFUSERS_PATTERNS, DEMO_ROOT, MODELS, ModelSpec, parse_location, resolve_model
-from instantportrait.errors import ModelNotAvailableError
+from instantportrait.errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, ModelNotAvailableError
 from instantportrait.hub import (
     find_snapshot,
     folder_size,
@@ -40,7 +40,6 @@ from instantportrait.hub import (
     offline_requested,
 )
 
-EXIT_OK, EXIT_INPUT, EXIT_MODEL = 0, 2, 3  # the same codes as `python -m instantportrait edit`
 DEMO_MODELS_DIR = DEMO_ROOT
 DEFAULT_CLIP_ROOT = "~/.cache/clip"  # where clip.load / ClipScorer keep variant files
 GB = 1e9

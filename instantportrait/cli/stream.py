@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+from instantportrait.imageio import IMAGE_SUFFIXES
 
 
 def read_frames(source: str, max_frames: int | None = None) -> Iterator[PIL.Image.Image]:
@@ -84,16 +84,17 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
     from instantportrait.errors import ModelNotAvailableError
-    from instantportrait.methods.sources import demo_notice, open_editor
+    from instantportrait.methods.registry import ipnet_method
+    from instantportrait.methods.sources import cli_policy, demo_notice, open_editor
 
     if not args.instruction.strip():
         print("error: the instruction is empty", file=sys.stderr)
         return 2
-    method = "ipnet" if args.steps == 1 else "ipnet-2step"
+    method = ipnet_method(args.steps)
     try:
-        editor, source = open_editor(method, model=args.model, resolution=args.resolution,
-                                     sources=("real",) if args.no_demo else ("real", "demo"),
-                                     device=args.device, dtype=getattr(torch, args.dtype))
+        editor, source = open_editor(method, cli_policy(method, model=args.model, no_demo=args.no_demo,
+                                                        device=args.device, dtype=getattr(torch, args.dtype),
+                                                        resolution=args.resolution))
         if source.kind == "demo":
             print(demo_notice(source), file=sys.stderr)
         pipe = editor.pipeline

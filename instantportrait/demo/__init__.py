@@ -4,6 +4,17 @@
 ground-truth targets, captions, face boxes and landmarks; splits are by identity. See ``world.py`` and ``render.py``.
 """
 
+from typing import Any
+
+from instantportrait.demo.language import (
+    CURATED_COMBOS,
+    PHRASES,
+    EditPhrases,
+    caption,
+    describe_edits,
+    instruction_paraphrases,
+    parse_instruction,
+)
 from instantportrait.demo.render import (
     CATEGORIES,
     EDIT_DEFS,
@@ -21,22 +32,23 @@ from instantportrait.demo.render import (
 )
 from instantportrait.demo.world import (
     CAPTIONS_FORMAT,
-    CURATED_COMBOS,
-    PAIRS_FORMAT,
-    PHRASES,
     SPLITS,
     CaptionPair,
-    EditPhrases,
     IdentityCrop,
     Sample,
     World,
     WorldConfig,
-    caption,
     contact_sheet,
-    describe_edits,
-    instruction_paraphrases,
-    parse_instruction,
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PAIRS_FORMAT":  # lazy, as in world.py: its home, the dataset reader, imports torch
+        from instantportrait.demo import world
+
+        return world.PAIRS_FORMAT
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CAPTIONS_FORMAT", "CATEGORIES", "CURATED_COMBOS", "EDIT_DEFS", "PAIRS_FORMAT", "PHRASES", "RENDERER_VERSION",

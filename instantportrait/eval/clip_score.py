@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from instantportrait import hub as _hub
 from instantportrait.config import MODELS, ModelSpec, resolve_model
 from instantportrait.errors import ModelNotAvailableError
+from instantportrait.hub import locating as _hub  # looked up at call time: tests patch hub.locating's probe
 
 CLIP_KEY = "clip"
 DEFAULT_DOWNLOAD_ROOT = "~/.cache/clip"
@@ -509,3 +509,13 @@ def _broadcast_texts(texts: Texts, n: int) -> list[str]:
     if len(items) != n:
         raise ValueError(f"got {len(items)} texts for {n} images")
     return items
+
+
+def clip_scorer_from(name_or_file: str | Path | None, device: str | torch.device = "cpu",
+                     **kwargs: Any) -> ClipScorer:
+    """A ``ClipScorer`` (not loaded) for an existing weights file, else a variant name (``ViT-L/14``; ``None``: the
+    default, ``INSTANTPORTRAIT_CLIP`` or ViT-L/14). The one place a user's ``--clip`` value becomes a scorer, so the
+    benchmark, the app and training read it alike (a file is its own model card; a name may be downloaded)."""
+    if name_or_file is not None and Path(str(name_or_file)).expanduser().is_file():
+        return ClipScorer(weights=Path(str(name_or_file)).expanduser(), device=device, **kwargs)
+    return ClipScorer(None if name_or_file is None else str(name_or_file), device=device, **kwargs)

@@ -1,4 +1,4 @@
-"""Face detection and identity embeddings with an insightface model pack, shared by the metrics and the app.
+"""The insightface backend of the face encoder: detection and identity embeddings with an insightface model pack.
 
 ``FaceEncoder("buffalo_l")`` wraps insightface's ``FaceAnalysis`` (SCRFD detector + ArcFace recogniser) and adds what
 the rest of the project needs from it:
@@ -9,7 +9,12 @@ the rest of the project needs from it:
   constructing ``FaceAnalysis``, so insightface is only ever given an existing folder and never goes to the network;
 * RGB in (PIL images of any mode, RGB ``uint8`` arrays), BGR handed to insightface, as it expects;
 * results as :class:`FaceResult` (L2-normalised embedding, landmarks, box, score, how many faces the image had), the
-  largest face first, and ``None`` in batch results where an image has no face — never silently dropped.
+  largest face first, and ``None`` in batch results where an image has no face — never silently dropped (these
+  policies, and comparing two faces, are shared with the dlib backend in :mod:`instantportrait.face.base`).
+
+Backend names: ``"insightface:<pack>"``, and ``"toy:demo_face_pack"`` for the shipped demo pack (a toy trained on
+synthetic faces; same code path, its own same-person threshold). Same person: cosine at least
+:data:`ARCFACE_SAME_PERSON_COSINE` for real ArcFace packs, :data:`TOY_SAME_PERSON_COSINE` for the demo pack.
 
 Pack location: ``pack`` is a key of :data:`instantportrait.config.MODELS` (``buffalo_l``, ``antelopev2``; the
 environment variable ``INSTANTPORTRAIT_BUFFALO_L=/path/to/folder`` overrides it), another pack name, or a folder.
@@ -21,14 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from instantportrait.config import MODELS, ModelSpec, resolve_model
-from instantportrait.errors import InvalidImageError, ModelNotAvailableError, NoFaceError
+from instantportrait.config import DEMO_FACE_PACK, MODELS, ModelSpec, resolve_model
+from instantportrait.errors import ModelNotAvailableError
+from instantportrait.face.base import BaseFaceEncoder, FaceResult, to_rgb_array
 from instantportrait.hub import how_to_get
 
 if TYPE_CHECKING:
@@ -41,30 +46,14 @@ DEFAULT_ROOT = "~/.insightface"
 # Packs whose official insightface auto-download link no longer works.
 DEAD_DOWNLOAD_LINKS = frozenset({"antelopev2"})
 PACK_LICENCE = "insightface: non-commercial research only"
-
-
-@dataclass
-class FaceResult:
-    """One detected face.
-
-    ``embedding``: ``(D,)`` float32, L2-normalised (D = 512 for buffalo_l / antelopev2). ``kps``: ``(5, 2)`` float32
-    landmarks (left eye, right eye, nose, left and right mouth corner) in image pixels. ``bbox``: ``(4,)`` float32
-    ``x1, y1, x2, y2``. ``det_score``: detector confidence. ``num_faces``: how many faces were detected in the image
-    this face came from. ``embedding_norm``: the L2 norm of the recogniser's raw output, so
-    ``embedding * embedding_norm`` is insightface's unnormalised ``face.embedding`` (InstantID conditions on it).
-    """
-
-    embedding: np.ndarray
-    kps: np.ndarray
-    bbox: np.ndarray
-    det_score: float
-    num_faces: int
-    embedding_norm: float = 1.0
-
-    @property
-    def area(self) -> float:
-        """Box area in pixels."""
-        return float(max(0.0, self.bbox[2] - self.bbox[0]) * max(0.0, self.bbox[3] - self.bbox[1]))
+# Same person when the ArcFace cosine is at least this: insightface's model checks print a verification threshold of
+# 1.28 on the squared L2 distance of normalised embeddings (deepinsight/insightface#1897), i.e. cosine
+# 1 - 1.28 / 2 = 0.36; common practice for buffalo_l uses 0.3-0.5. Not measured here (no buffalo_l on this machine).
+ARCFACE_SAME_PERSON_COSINE = 0.36
+# The demo pack's own threshold, from its card's test-split numbers: two photos of one person 0.74 on average,
+# different people 0.27 at the 95th percentile; 0.5 sits between the two.
+TOY_SAME_PERSON_COSINE = 0.5
+TOY_BACKEND = "toy:demo_face_pack"
 
 
 def default_root() -> Path:
@@ -176,28 +165,10 @@ def _providers(device: str) -> tuple[list[Any], int]:
 def to_bgr(image: Any) -> np.ndarray:
     """A PIL image (any mode) or an RGB ``uint8`` array ``(H, W, 3)`` (or ``(H, W)``, ``(H, W, 4)``) -> contiguous
     BGR ``uint8`` ``(H, W, 3)``, the layout insightface (OpenCV) expects."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise InvalidImageError(f"expected a uint8 RGB array, got dtype {image.dtype} (convert 0-1 floats with "
-                                    "(x * 255).round().astype(np.uint8))")
-        if image.ndim == 2:
-            rgb = np.repeat(image[:, :, None], 3, axis=2)  # (H, W, 3)
-        elif image.ndim == 3 and image.shape[2] in (3, 4):
-            rgb = image[:, :, :3]  # (H, W, 3), alpha dropped
-        else:
-            raise InvalidImageError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
-    else:
-        raise InvalidImageError(f"expected a PIL image or a uint8 RGB numpy array, got {type(image).__name__}")
-    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise InvalidImageError(f"empty image of shape {rgb.shape}")
-    return np.ascontiguousarray(rgb[:, :, ::-1])  # (H, W, 3) BGR
+    return np.ascontiguousarray(to_rgb_array(image)[:, :, ::-1])  # (H, W, 3) BGR
 
 
-class FaceEncoder:
+class FaceEncoder(BaseFaceEncoder):
     """Detect faces and embed identities with an insightface pack (default ``buffalo_l``).
 
     Lazy: the pack is loaded on first use or by :meth:`load`. A missing folder, an unpacked-into-a-nested-folder or
@@ -229,12 +200,20 @@ class FaceEncoder:
         self.det_thresh = float(det_thresh)
         self._app: Any = None
         self._providers: list[Any] = []
+        # The shipped demo pack is a toy trained on synthetic faces: its own name and threshold.
+        self.is_toy = self.folder.expanduser().resolve() == DEMO_FACE_PACK.resolve()
+        self.cosine_threshold = TOY_SAME_PERSON_COSINE if self.is_toy else ARCFACE_SAME_PERSON_COSINE
 
     # -- loading ---------------------------------------------------------------------------------------------------
     @property
     def name(self) -> str:
         """The pack's name (config key or folder name), for recording with results."""
         return self.spec.key
+
+    @property
+    def backend(self) -> str:
+        """``"insightface:<pack>"``, or ``"toy:demo_face_pack"`` for the shipped demo pack."""
+        return TOY_BACKEND if self.is_toy else f"insightface:{self.name}"
 
     @property
     def loaded(self) -> bool:
@@ -281,6 +260,7 @@ class FaceEncoder:
         det = self._app.models["detection"]
         rec = self._app.models["recognition"]
         return {
+            "backend": self.backend,
             "pack": self.name,
             "folder": str(self.folder),
             "detection_model": Path(det.model_file).name,
@@ -309,44 +289,13 @@ class FaceEncoder:
                 det_score=float(face.det_score),
                 num_faces=len(faces),
                 embedding_norm=norm,
+                backend=self.backend,
             ))
         results.sort(key=lambda r: (-r.area, -r.det_score))
         return results
 
-    def encode(self, image: Any, *, what: str = "image") -> FaceResult:
-        """The largest face in ``image``; :class:`NoFaceError` when there is none (``what`` names the image)."""
-        faces = self.detect(image)
-        if not faces:
-            raise NoFaceError(f"no face detected in the {what} (pack {self.name}, det_thresh {self.det_thresh}, "
-                              f"det_size {self.det_size[0]}x{self.det_size[1]}); use a clear, frontal portrait")
-        return faces[0]
-
-    def encode_batch(self, images: list[Any]) -> list[FaceResult | None]:
-        """:meth:`encode` per image, with ``None`` in place where an image has no face."""
-        results: list[FaceResult | None] = []
-        for image in images:
-            faces = self.detect(image)
-            results.append(faces[0] if faces else None)
-        return results
-
-    @staticmethod
-    def cosine(a: FaceResult, b: FaceResult) -> float:
-        """Cosine similarity of two results' (normalised) embeddings, in [-1, 1]."""
-        if a.embedding.shape != b.embedding.shape:
-            raise ValueError(f"embeddings of different sizes: {a.embedding.shape} vs {b.embedding.shape}")
-        return float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))
-
-    def similarity(self, a: Any, b: Any) -> float:
-        """Identity similarity: cosine of the largest faces' embeddings. :class:`NoFaceError` names the image."""
-        return self.cosine(self.encode(a, what="first image (a)"), self.encode(b, what="second image (b)"))
-
-    def identity_similarity(self, source: Any, outputs: list[Any]) -> list[float | None]:
-        """Cosine between the source's face and each output's face; ``None`` for an output without a face.
-
-        A source without a face raises :class:`NoFaceError` (there is no identity to compare with).
-        """
-        ref = self.encode(source, what="source image")
-        return [None if r is None else self.cosine(ref, r) for r in self.encode_batch(outputs)]
+    def _settings_text(self) -> str:
+        return f"pack {self.name}, det_thresh {self.det_thresh}, det_size {self.det_size[0]}x{self.det_size[1]}"
 
     def __repr__(self) -> str:
         state = "loaded" if self.loaded else "not loaded"

@@ -25,6 +25,14 @@ import PIL.Image
 
 Color = tuple[int, int, int]
 
+# insightface ``utils/face_align.py`` ``arcface_dst``: where the 5 landmarks sit in the 112x112 ArcFace crop. The one
+# home of this template: the identity loss's differentiable warp, the demo world's crops and the toy pack's trainer
+# all align to it.
+ARCFACE_SIZE = 112
+ARCFACE_TEMPLATE_112: tuple[tuple[float, float], ...] = (
+    (38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041),
+)
+
 # InstantID's keypoint colours (RGB), one per landmark in insightface order.
 FACE_KPS_COLORS: tuple[Color, ...] = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
 # Limbs as (outer landmark, nose); a limb takes its outer landmark's colour.

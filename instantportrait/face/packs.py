@@ -276,7 +276,7 @@ def fetch_pack_from_mirror(pack: str, mirror: str, *, path: str = DEFAULT_MIRROR
     from huggingface_hub import hf_hub_download, snapshot_download
 
     from instantportrait.config import parse_location
-    from instantportrait.hub import _download_error_reason, hub_cache_dir, hub_endpoint
+    from instantportrait.hub.cache import _download_error_reason, hub_cache_dir, hub_endpoint
 
     repo, revision = parse_location(mirror)
     spec, _ = resolve_pack(pack, root)

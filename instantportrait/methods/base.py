@@ -79,6 +79,18 @@ class Editor(ABC):
     def is_loaded(self) -> bool:
         return self._loaded is not None
 
+    @property
+    def loaded(self) -> Any:
+        """What ``_load`` returned (a pipeline or a dataclass of networks), or ``None`` before ``load()``: the one
+        public handle on it, so that the app and the benchmark never reach into ``_loaded``."""
+        return self._loaded
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded model's text tokenizer (``None`` when not loaded or it has none), e.g. for the app to count an
+        instruction's tokens with the tokenizer that will read it."""
+        return getattr(self._loaded, "tokenizer", None)
+
     def load(self) -> None:
         with self._lock:
             if self._loaded is None:
@@ -122,6 +134,24 @@ class Editor(ABC):
 
     def _modules(self, loaded: Any) -> list[torch.nn.Module]:
         return [m for m in getattr(loaded, "components", {}).values() if isinstance(m, torch.nn.Module)]
+
+    def weight_bytes(self) -> int:
+        """Bytes of the parameters and buffers of every network the loaded editor runs (0 when not loaded).
+
+        A tensor shared by two modules (e.g. tied embeddings, or one text encoder in two pipelines) is counted once:
+        this is the memory the model holds, the one number the app's memory budget and the benchmark's
+        ``weights_mb`` both report."""
+        loaded = self._loaded
+        if loaded is None:
+            return 0
+        seen: set[int] = set()
+        total = 0
+        for module in self._modules(loaded):
+            for t in [*module.parameters(), *module.buffers()]:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    total += t.numel() * t.element_size()
+        return total
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "device": str(self.device),

@@ -31,3 +31,15 @@ def editor_class(name: str) -> type[Editor]:
 def get_editor(name: str, **kwargs: Any) -> Editor:
     """``get_editor("ipnet", device="cuda", dtype=torch.float16, model="path/or/repo@rev")``."""
     return editor_class(name)(**kwargs)
+
+
+IPNET_BY_STEPS = {1: "ipnet", 2: "ipnet-2step"}
+
+
+def ipnet_method(steps: int) -> str:
+    """The IPNet method for ``--steps N`` (1: ``ipnet``, 2: ``ipnet-2step``), the one place the CLI's edit and
+    stream commands read it from."""
+    try:
+        return IPNET_BY_STEPS[int(steps)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"--steps for IPNet must be 1 or 2, got {steps!r}") from None

@@ -4,15 +4,17 @@
     edited = pipe(image, "wearing hipster glasses", num_inference_steps=1, generator=torch.Generator().manual_seed(0))
 
 One step = one network evaluation: the UNet sees (start latent ‖ source-image latent) at a fixed timestep ``t*``
-and the text, and its output is read as the clean latent x̂0 (with the scheduler's prediction type). Two steps =
-"style boost by iterative inference": x̂0 becomes the next step's source latent (in latent space, which skips a
-VAE decode + encode that would only add reconstruction error).
+and the text, and its output is read as the clean latent x̂0 (with the scheduler's prediction type). The start is
+``start_latents``: pure noise ε (``start="noise"``) or the source noised to t* with ε (``start="source"``); the IPNet
+trainer builds the student's training start with this same method, so the student sees the same kind of input in
+training and here. Two steps = "style boost by iterative inference", as the poster presents it: x̂0 becomes the next
+step's source latent (in latent space, which skips a VAE decode + encode that would only add reconstruction error)
+and the same one-step map runs again; it is inference-only (no training objective targets the second output).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -260,11 +262,15 @@ class InstantPortraitPipeline(DiffusionPipeline):
         return self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)[int(timestep)]
 
     def start_latents(self, source_latents: torch.Tensor, generator: torch.Generator | list | None,
-                      timestep: int | None = None) -> torch.Tensor:
-        """The start latent z_{t*} for the student, (B, 4, h, w), float32."""
+                      timestep: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The start latent z_{t*} for the student, (B, 4, h, w), float32: ``noise`` (ε) itself (``start="noise"``)
+        or the scaled source noised to t* with it (``start="source"``). ε is drawn from ``generator`` unless given:
+        the IPNet trainer passes the ε it shares with the teacher, so training and inference use this one rule."""
         t = self.config.timestep if timestep is None else timestep
-        noise = randn_tensor(source_latents.shape, generator=generator, device=source_latents.device,
-                             dtype=torch.float32)  # (B, 4, h, w)
+        if noise is None:
+            noise = randn_tensor(source_latents.shape, generator=generator, device=source_latents.device,
+                                 dtype=torch.float32)  # (B, 4, h, w)
+        noise = noise.to(device=source_latents.device, dtype=torch.float32)
         if self.config.start == "noise":
             return noise
         a = self.alpha_bar(t, source_latents.device)
@@ -308,7 +314,8 @@ class InstantPortraitPipeline(DiffusionPipeline):
         pixels = self.image_processor.preprocess(images, height=proc_h, width=proc_w).to(device)  # (B, 3, H, W)
         source_latents = self.encode_image(pixels)  # (B, 4, H/f, W/f)
 
-        # 4. One network evaluation per step; step k>1 edits the previous output
+        # 4. One network evaluation per step; step 2 edits step 1's output (it is step 2's source latent) from a
+        #    fresh start drawn by the same rule, so 2 steps are inference-only: the trainer trains the one-step map
         latents = None
         for _ in range(num_inference_steps):
             start = self.start_latents(source_latents, generator)
@@ -333,11 +340,13 @@ class InstantPortraitPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | Path, safe_serialization: bool = True,
                         card_info: dict | None = None, **kwargs) -> None:
-        """diffusers' save plus a model card (``README.md``) generated from ``card_info`` (see ``hub.model_card``)."""
+        """diffusers' save plus a model card (``README.md``) generated from ``card_info`` (see
+        ``hub.cards.model_card``). To upload, use ``hub.publish_checkpoint`` on the saved folder: it keeps this card
+        (diffusers' ``push_to_hub`` would replace it with a generic one)."""
         if not safe_serialization:
             raise ValueError("InstantPortrait checkpoints are saved as safetensors only.")
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
-        from instantportrait.hub import model_card
+        from instantportrait.hub.cards import model_card
 
         save_directory = Path(save_directory)
         info = dict(card_info or getattr(self, "card_info", None) or {})
@@ -353,20 +362,6 @@ class InstantPortraitPipeline(DiffusionPipeline):
         if info_path.exists():
             pipe.card_info = json.loads(info_path.read_text())
         return pipe
-
-    def push_to_hub(self, repo_id: str, *, card_info: dict | None = None, private: bool = False,
-                    token: str | None = None, revision: str | None = None, commit_message: str = "Upload IPNet",
-                    api: Any = None) -> str:
-        """Save (safetensors + model card) and upload to ``repo_id``; returns the commit URL."""
-        from huggingface_hub import HfApi
-
-        api = api or HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, card_info=card_info)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
-                                       commit_message=commit_message)
-        return str(getattr(commit, "commit_url", commit))
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:

@@ -3,7 +3,8 @@
     decoder = load_tiny_decoder("instantportrait/demo/models/tiny_decoder")
     pipe.use_tiny_decoder(decoder)          # or a folder path; pipe.use_full_decoder() switches back
 
-The VAE decoder is the largest cost of a one-step edit (DESIGN.md §5: 2.5 of 4.45 TFLOP at 512² for SD1.5). The
+The VAE decoder is the largest cost of a one-step edit (2.51 of about 4.45 TFLOP at 512² for SD1.5, BENCHMARKS.md
+§6). The
 tiny decoder is diffusers' ``DecoderTiny`` (the decoder of ``AutoencoderTiny``, TAESD's layout: no normalisation,
 no attention, plain ReLU conv blocks, nearest upsampling), configured from the pipeline VAE's config: its latent
 channels and its upsampling factor ``2 ** (len(block_out_channels) - 1)`` (8 for SD, 4 for the demo world).
@@ -172,26 +173,23 @@ def _write_atomic(path: Path, write: Any) -> None:
 
 
 def model_card(config: TinyDecoderConfig, info: dict[str, Any]) -> str:
-    """README text: what the decoder was distilled from, how, and its measured quality cost (``info["quality"]``,
-    the dict ``train.train_tiny_decoder.evaluate`` returns, rendered as a table when present)."""
-    lines = [f"# {info.get('name', 'Tiny latent decoder')}", "",
-             "A small latent decoder (diffusers `DecoderTiny`, TAESD's decoder layout) that stands in for the VAE "
-             "decoder of an InstantPortrait pipeline: `pipe.use_tiny_decoder(folder)`. It reads the pipeline's "
-             "scaled latents and returns pixels in [-1, 1]; `pipe.use_full_decoder()` switches back.", "",
-             f"- Distilled from: the VAE decoder of `{info.get('distilled_from', 'unknown')}`",
-             f"- Architecture: {config.latent_channels} latent channels, {config.upsampling_factor}x upsampling, "
-             f"width {config.width}, blocks per stage {list(config.num_blocks)}"
-             + (f", {info['params']:,} parameters" if "params" in info else "")]
-    if "training" in info:
-        lines.append(f"- Training: {info['training']}")
+    """README text (``hub.cards.model_card``, kind ``tiny-decoder``): what the decoder was distilled from, how, and
+    its measured quality cost (``info["quality"]``, the dict ``train.train_tiny_decoder.evaluate`` returns, rendered
+    as a table when present)."""
+    from instantportrait.hub.cards import model_card as render
+
+    arch = (f"{config.latent_channels} latent channels, {config.upsampling_factor}x upsampling, width {config.width}, "
+            f"blocks per stage {list(config.num_blocks)}" + (f", {info['params']:,} parameters" if "params" in info
+                                                            else ""))
     quality = info.get("quality")
-    if quality:
-        lines += ["", "## Measured quality cost", "", format_quality(quality)]
-    else:
-        lines += ["", "Quality cost: not measured yet (`python -m train.train_tiny_decoder --evaluate FOLDER`)."]
-    if info.get("note"):
-        lines += ["", str(info["note"])]
-    return "\n".join(lines) + "\n"
+    return render({
+        "kind": "tiny-decoder", "name": info.get("name", "Tiny latent decoder"),
+        "details": f"- Distilled from: the VAE decoder of `{info.get('distilled_from', 'unknown')}`\n"
+                   f"- Architecture: {arch}"
+                   + ("" if quality else "\n\nQuality cost: not measured yet "
+                                         "(`python -m train.train_tiny_decoder --evaluate FOLDER`)."),
+        "training": info.get("training"), "notes": info.get("note"),
+        "sections": {"Measured quality cost": format_quality(quality)} if quality else {}})
 
 
 def format_quality(q: dict[str, Any]) -> str:

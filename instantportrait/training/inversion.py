@@ -1,6 +1,6 @@
 """The teacher's multi-step output for ``L_distill``: DDIM inversion of the source, then DDIM sampling.
 
-    z_t = ddim_invert(teacher, scheduler, x0, image_latents, prompt_embeds, num_steps=10, t_end=600)
+    z_t = ddim_invert(teacher, scheduler, x0, image_latents, empty_embeds, num_steps=10, t_end=600)  # reconstruct
     x0_teacher = ddim_sample(teacher, scheduler, z_t, 600, image_latents, prompt_embeds, uncond_embeds,
                              num_steps=10, text_guidance=7.5, image_guidance=1.5)
 
@@ -174,6 +174,25 @@ def stochastic_start(schedule: Any, x0: torch.Tensor, t: int | torch.Tensor, noi
     return a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()
 
 
+def normality_stats(latents: torch.Tensor) -> dict[str, float]:
+    """How far start latents (e.g. DDIM-inverted z_t) are from N(0, I), as floats to log or report.
+
+    ``mean`` / ``std`` over every element (0 / 1 for N(0, I)); ``channel_mean_abs_max`` and ``channel_std_min`` /
+    ``channel_std_max``, the worst channel (a per-channel offset or scale is what the student would notice first);
+    ``neighbour_corr``, the correlation of horizontally adjacent elements (0 for white noise; DDIM inversion keeps
+    some of the image's layout, which shows up here). Why: the student sees the pipeline's start at inference, and
+    these numbers say how much a DDIM-inverted start differs from pure noise.
+    """
+    z = latents.detach().float()  # (B, C, h, w)
+    per_channel = z.transpose(0, 1).flatten(1)  # (C, B*h*w)
+    left, right = z[..., :-1].flatten(), z[..., 1:].flatten()  # (B*C*h*(w-1),) each
+    corr = torch.corrcoef(torch.stack([left, right]))[0, 1] if left.numel() > 1 else torch.tensor(float("nan"))
+    return {"mean": float(z.mean()), "std": float(z.std()),
+            "channel_mean_abs_max": float(per_channel.mean(1).abs().max()),
+            "channel_std_min": float(per_channel.std(1).min()), "channel_std_max": float(per_channel.std(1).max()),
+            "neighbour_corr": float(corr)}
+
+
 class TeacherTarget(NamedTuple):
     """The teacher's clean output ``latents`` (scaled, (B, C, h, w)) and the start latent ``start`` it came from."""
 
@@ -187,17 +206,23 @@ def teacher_target(mode: str, unet: Any, schedule: Any, x0: torch.Tensor, image_
                    num_steps: int, text_guidance: float = 7.5, image_guidance: float = 1.5,
                    inversion_steps: int | None = None, inversion_prompt_embeds: torch.Tensor | None = None,
                    noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                   prediction_type: str = "epsilon") -> TeacherTarget:
+                   prediction_type: str = "epsilon", start: torch.Tensor | None = None) -> TeacherTarget:
     """The teacher's multi-step edit of the source ``x0`` (scaled source latents), the target of ``L_distill``.
 
     ``mode="ddim-inversion"`` (default of the method): z_{t_start} = DDIM inversion of ``x0`` without guidance,
-    conditioned on ``inversion_prompt_embeds`` (default: ``prompt_embeds``) and the source image, over
-    ``inversion_steps`` (default ``num_steps``) steps. ``mode="stochastic"`` (ablation): z = √ᾱ x0 + √(1-ᾱ) ε with
-    ``noise`` (or drawn from ``generator``). Then ``num_steps`` of guided DDIM sampling with the edit prompt.
+    conditioned on ``inversion_prompt_embeds`` and the source image, over ``inversion_steps`` (default ``num_steps``)
+    steps. Pass the *empty* instruction's embeddings there (InstructPix2Pix's reconstruct condition, what the IPNet
+    trainer passes by default), so the inverted z_t encodes the source and only the sampling pass asks for the edit;
+    left ``None`` the inversion is conditioned on the edit ``prompt_embeds`` (the trainer's ``inversion_prompt:
+    instruction`` ablation). ``mode="stochastic"`` (ablation): z = √ᾱ x0 + √(1-ᾱ) ε with ``noise`` (or drawn from
+    ``generator``). ``start``: a z_{t_start} the caller already has (the student's own start under shared pairing):
+    used as is, nothing inverted or drawn. Then ``num_steps`` of guided DDIM sampling with the edit prompt.
     """
     if mode not in TEACHER_TARGET_MODES:
         raise ValueError(f"mode must be one of {TEACHER_TARGET_MODES}, got {mode!r}")
-    if mode == "ddim-inversion":
+    if start is not None:
+        start = start.float()  # (B, C, h, w)
+    elif mode == "ddim-inversion":
         start = ddim_invert(unet, schedule, x0, image_latents,
                             prompt_embeds if inversion_prompt_embeds is None else inversion_prompt_embeds,
                             num_steps=inversion_steps or num_steps, t_end=t_start, prediction_type=prediction_type)

@@ -1,7 +1,8 @@
 """Every training loss of IDE-Net and IPNet, each a pure function of tensors returning ``(loss, logs)``.
 
 ``loss`` is a scalar tensor (un-weighted: the trainer applies the weights), ``logs`` a small dict of detached python
-floats. Models enter only as arguments (an embedding callable, a frozen teacher UNet, a feature extractor), so this
+floats. Every loss is a mean over its elements or samples (none is a sum), so a weight of 1 means the same for
+each. Models enter only as arguments (an embedding callable, a frozen teacher UNet, a feature extractor), so this
 module imports no face or CLIP code and holds no state.
 
 Conventions: pixels are RGB in [-1, 1] (what ``InstantPortraitPipeline.decode_latents`` returns) unless a function
@@ -26,17 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instantportrait.face.keypoints import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
 from instantportrait.training.inversion import guided_model_output, resolve_alphas_cumprod, split_prediction
 
 Logs = dict[str, float]
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 FeatureFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
-# insightface ``utils/face_align.py`` ``arcface_dst``: the 5-point template of the 112x112 ArcFace crop.
-ARCFACE_TEMPLATE_112 = (
-    (38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041),
-)
-ARCFACE_SIZE = 112
 DISTILL_SPACES = ("latent", "pixel")
 DISTILL_KINDS = ("l2", "l1", "perceptual", "l2+perceptual")
 SDS_WEIGHTINGS = ("sds", "uniform")
@@ -464,9 +461,11 @@ def sds_loss(student_latents: torch.Tensor, source_latents: torch.Tensor, prompt
     z_t = √ᾱ x + √(1-ᾱ) ε for the student's clean scaled latents x (B, C, h, w) at ``timesteps`` (B,) with ``noise``;
     ε̂ = the teacher's InstructPix2Pix 3-way-CFG prediction on ``[z_t ‖ source_latents]`` (``guided_model_output``:
     diffusers' ordering [text+img, ∅+img, ∅+∅] and formula; v-predictions are converted to ε). With
-    ``grad = w(t) (ε̂ − ε)`` the loss is ``0.5 ‖x − sg(x − grad)‖² / B``, so ``∂loss/∂x = grad / B``: the SDS
-    gradient, averaged over the batch. ``weighting``: ``"sds"`` w = 1 − ᾱ_t (DreamFusion), ``"uniform"`` w = 1, or a
-    (B,) tensor. The teacher runs under ``no_grad`` and gets no gradient. The logged value is not a divergence.
+    ``grad = w(t) (ε̂ − ε)`` the loss is ``0.5 mean((x − sg(x − grad))²)``, so ``∂loss/∂x = grad / x.numel()``: the
+    SDS gradient, mean-reduced like every other term here (a sum would outweigh a mean L2 by ~C·h·w/2 per element,
+    so a weight of 1 would not mean the same as for ``L_distill``). ``weighting``: ``"sds"`` w = 1 − ᾱ_t
+    (DreamFusion), ``"uniform"`` w = 1, or a (B,) tensor. The teacher runs under ``no_grad`` and gets no gradient.
+    The logged value is not a divergence; ``sds_grad_norm`` is the per-sample norm of ``grad`` (before the mean).
     """
     alphas = resolve_alphas_cumprod(alphas_cumprod).to(student_latents.device)
     a = alphas[timesteps.long()].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
@@ -486,7 +485,7 @@ def sds_loss(student_latents: torch.Tensor, source_latents: torch.Tensor, prompt
         eps_hat = split_prediction(out, z_t, a, prediction_type)[1]  # (B, C, h, w)
         grad = torch.nan_to_num(w * (eps_hat - noise.float()))  # (B, C, h, w)
         target = x - grad
-    loss = 0.5 * (x - target).pow(2).sum() / x.shape[0]
+    loss = 0.5 * (x - target).pow(2).mean()
     return loss, {"sds_loss": _f(loss), "sds_grad_norm": _f(grad.flatten(1).norm(dim=1))}
 
 

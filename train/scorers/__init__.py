@@ -1,0 +1,3 @@
+"""The offline demo scorers, by role: :mod:`.data` (settings, render pool), :mod:`.face` (detector, identity
+encoder, ONNX face pack), :mod:`.clip` (small CLIP) and :mod:`.cards` (model cards). ``python -m
+train.train_scorers`` trains them all."""

@@ -20,12 +20,6 @@ SHIPPED = Path(__file__).resolve().parents[1] / "instantportrait" / "demo" / "mo
 EDIT_MARGIN = 0.5  # edits judged present: shipped IPNet minus the unchanged source, at least (24 pairs: 79 % vs 8 %)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _l1(a, b) -> float:

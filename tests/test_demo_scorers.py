@@ -23,12 +23,6 @@ CLIP_PATH = DEMO / ts.CLIP_DIR / ts.CLIP_FILE
 N_TEST = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,13 @@ def _logged(path: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
+def _timed(train, cfg):
+    """Run a trainer; its output folder and the CPU seconds it took."""
+    start = time.process_time()
+    out = train(cfg)
+    return out, time.process_time() - start
+
+
 def test_idenet_then_ipnet_learn_the_blue_background_edit(tmp_path, tiny_face_pack):
     cpu0, wall0 = time.process_time(), time.perf_counter()
     data = write_synthetic_pairs(tmp_path / "pairs", n=8, size=32)
@@ -93,9 +100,7 @@ def test_idenet_then_ipnet_learn_the_blue_background_edit(tmp_path, tiny_face_pa
     icfg = IDENetConfig(model=str(model), output_dir=str(tmp_path / "idenet"), max_train_steps=IDENET_STEPS,
                         learning_rate=2e-3, identity_model=arcface, identity_weighting="annealing", **common)
     ide_before = _idenet_eval(model, icfg, batch)
-    cpu1 = time.process_time()
-    idenet = train_idenet.train(icfg)
-    cpu_ide = time.process_time() - cpu1
+    idenet, cpu_ide = _timed(train_idenet.train, icfg)
     ide_after = _idenet_eval(idenet, icfg, batch)
     ide_log = _logged(idenet / "logs.jsonl", "eps_loss")
     print(f"\nIDE-Net {IDENET_STEPS} steps ({cpu_ide:.1f} s CPU): eval eps {ide_before['eps']:.3f} -> "
@@ -112,9 +117,7 @@ def test_idenet_then_ipnet_learn_the_blue_background_edit(tmp_path, tiny_face_pa
                        teacher_start="ddim-inversion", teacher_steps=4, teacher_text_guidance=1.0,
                        teacher_image_guidance=1.0, **common)
     ip_before = _ipnet_eval(idenet, pcfg, batch)
-    cpu2 = time.process_time()
-    ipnet = train_ipnet.train(pcfg)
-    cpu_ip = time.process_time() - cpu2
+    ipnet, cpu_ip = _timed(train_ipnet.train, pcfg)
     ip_after = _ipnet_eval(ipnet, pcfg, batch)
     distill_log = _logged(ipnet / "logs.jsonl", "distill_loss")
     print(f"IPNet {IPNET_STEPS} steps ({cpu_ip:.1f} s CPU): one-step latent MSE to target {ip_before['to_target']:.3f} "

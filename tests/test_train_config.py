@@ -195,7 +195,7 @@ def test_reader_errors(tmp_path, pairs):
     with pytest.raises(ValueError, match="source_kps must be"):
         PairedEditDataset(root)
     (root / "manifest.jsonl").write_text("{not json\n")
-    with pytest.raises(ValueError, match="manifest.jsonl:1 is not valid JSON"):
+    with pytest.raises(ValueError, match="manifest.jsonl:1: not valid JSON"):
         PairedEditDataset(root)
 
 

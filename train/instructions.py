@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from instantportrait.jsonl import jsonl_records
+
 CATEGORIES: tuple[str, ...] = ("accessories", "facial_hair", "clothing", "hair", "era_style", "background")
 COMBO = "combo"
 # Subjects of the target caption for concepts that do not set the whole scene (every category but era_style).
@@ -247,13 +249,7 @@ def load_instructions(path: str | Path) -> list[EditInstruction]:
     text = path.read_text(encoding="utf-8")
     items: list[EditInstruction] = []
     if path.suffix.lower() == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        for lineno, record in jsonl_records(text.splitlines(), path):
             items.append(_check_record(record, f"{path}:{lineno}"))
     else:
         if path.suffix.lower() in (".yaml", ".yml"):

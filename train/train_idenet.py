@@ -34,7 +34,7 @@ from instantportrait.training.losses import (
     annealing_identity_weight,
     constant_identity_weight,
     epsilon_loss,
-    identity_loss,
+    subset_identity_loss,
 )
 from train.common import (
     encode_prompts,
@@ -124,17 +124,15 @@ def idenet_losses(parts: IDENetParts, batch: dict[str, Any], cfg: IDENetConfig, 
         sel = torch.nonzero(w > cfg.identity_min_weight).flatten()  # (n,)
         logs["id_weight_mean"] = float(w.mean())
         logs["id_samples"] = float(sel.numel())
-        if sel.numel() > 0:
+
+        def decode(sel: torch.Tensor) -> torch.Tensor:
             alpha = sched.alphas_cumprod.to(device)[t[sel]].view(-1, 1, 1, 1)  # (n, 1, 1, 1)
             x0 = predicted_x0(pred[sel].float(), noisy[sel], alpha, prediction_type)  # (n, 4, h, w)
-            pixels = vae.decode((x0 / sf).to(vae.dtype)).sample.float()  # (n, 3, H, W)
-            id_loss, id_logs = identity_loss(pixels, batch["source"][sel].float(), batch["source_kps"][sel].float(),
-                                             parts.arcface, weights=w[sel])
-            losses["identity"] = id_loss * (sel.numel() / b)
-            logs["id_cos"] = id_logs["id_cos"]
-        else:
-            losses["identity"] = eps.new_zeros(())
-        logs["id_loss"] = float(losses["identity"].detach())
+            return vae.decode((x0 / sf).to(vae.dtype)).sample.float()  # (n, 3, H, W)
+
+        losses["identity"], id_logs = subset_identity_loss(decode, sel, b, batch["source"], batch["source_kps"],
+                                                           parts.arcface, weights=w, zero=eps)
+        logs.update(id_logs)
     return losses, logs
 
 

@@ -54,11 +54,11 @@ from instantportrait.training.losses import (
     face_region_crop,
     hinge_d_loss,
     hinge_g_loss,
-    identity_loss,
     nonsaturating_d_loss,
     nonsaturating_g_loss,
     paired_regression_loss,
     sds_loss,
+    subset_identity_loss,
     triplet_loss,
     vae_encoder_feature_fn,
 )
@@ -436,14 +436,9 @@ class IPNetWrapper(nn.Module):
             logs.update(t_logs)
         if s.uses("identity"):
             sel = torch.nonzero(batch["has_face"]).flatten()  # (n,)
-            if sel.numel() > 0:
-                id_loss, id_logs = identity_loss(pixels[sel], batch["source"][sel].float(),
-                                                 batch["source_kps"][sel].float(), self.arcface)
-                losses["identity"] = id_loss * (sel.numel() / b)
-                logs["id_cos"] = id_logs["id_cos"]
-            else:
-                losses["identity"] = out.new_zeros(())
-            logs["id_loss"] = float(losses["identity"].detach())
+            losses["identity"], id_logs = subset_identity_loss(lambda s: pixels[s], sel, b, batch["source"],
+                                                               batch["source_kps"], self.arcface, zero=out)
+            logs.update(id_logs)
         return losses, logs
 
     def discriminator_turn(self, batch: dict[str, Any], generator: torch.Generator,

@@ -32,6 +32,8 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset
 
+from instantportrait.jsonl import jsonl_records
+
 FORMAT = "instantportrait-pairs/1"
 DATASET_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.jsonl"
@@ -89,13 +91,7 @@ def read_dataset(root: str | Path) -> tuple[dict[str, Any], list[PairRow]]:
         raise ValueError(f"{info_path} has format {info.get('format')!r}; this reader reads {FORMAT!r}")
     rows: list[PairRow] = []
     with manifest_path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{manifest_path}:{lineno} is not valid JSON ({exc.msg})") from exc
+        for lineno, rec in jsonl_records(fh, manifest_path):
             if not rec.get("passed"):
                 continue
             row_id = str(rec.get("id", f"line-{lineno}"))

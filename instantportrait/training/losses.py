@@ -154,6 +154,26 @@ def identity_loss(pred_pixels: torch.Tensor, source: torch.Tensor, src_kps: torc
     return loss, {"id_loss": _f(loss), "id_cos": _f(cos)}
 
 
+
+def subset_identity_loss(decode: Callable[[torch.Tensor], torch.Tensor], sel: torch.Tensor, batch_size: int,
+                         source: torch.Tensor, src_kps: torch.Tensor, embed_fn: EmbedFn, *,
+                         weights: torch.Tensor | None = None, zero: torch.Tensor) -> tuple[torch.Tensor, Logs]:
+    """The identity term over the samples ``sel`` (n,) of a batch of ``batch_size``: those with a face (and, for
+    IDE-Net, a weight worth the decode). ``decode(sel)`` gives their predicted pixels (n, 3, H, W), so nothing is
+    decoded when ``sel`` is empty. The mean over the subset is scaled by n / B, so the term is a mean over the whole
+    batch (samples without a face contribute 0), as every other term is. Returns ``(loss, logs)`` with ``id_loss``
+    and, when any sample counted, ``id_cos``; ``zero`` gives the empty case its device and dtype."""
+    logs: Logs = {}
+    if sel.numel() > 0:
+        loss, id_logs = identity_loss(decode(sel), source[sel].float(), src_kps[sel].float(), embed_fn,
+                                      weights=None if weights is None else weights[sel])
+        loss = loss * (sel.numel() / batch_size)
+        logs["id_cos"] = id_logs["id_cos"]
+    else:
+        loss = zero.new_zeros(())
+    logs["id_loss"] = float(loss.detach())
+    return loss, logs
+
 def annealing_identity_weight(timesteps: torch.Tensor, alphas_cumprod: Any, *, base: float = 1.0,
                               power: float = 1.0, step: int | None = None, ramp_steps: int = 0) -> torch.Tensor:
     """``L_aid``'s per-sample weight ``base * ᾱ_t^power * ramp(step)``, (B,) float32 in [0, base].

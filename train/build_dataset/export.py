@@ -16,6 +16,7 @@ from typing import Any
 
 import PIL.Image  # already loaded by the dataset reader this module imports
 
+from instantportrait.jsonl import jsonl_records
 from instantportrait.training.data import FORMAT
 from train.build_dataset.plan import (
     BUILD_FORMAT,
@@ -90,14 +91,9 @@ def _parse_jsonl(data: bytes, path: Path) -> tuple[list[dict[str, Any]], bytes]:
     lines = data.split(b"\n")
     tail = lines.pop()
     rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BuildError(f"{path}:{n}: corrupt row ({exc.msg}); only a torn *last* line is repaired "
-                             "automatically, so this file was changed by something else: delete the line") from exc
+    hint = ("; only a torn *last* line is repaired automatically, so this file was changed by something else: "
+            "delete the line")
+    for n, row in jsonl_records(lines, path, error=BuildError, hint=hint):
         if not isinstance(row, dict) or "id" not in row:
             raise BuildError(f"{path}:{n}: not a manifest row")
         rows.append(row)
@@ -299,7 +295,8 @@ def merge(out: Path, *, plan: Sequence[PlannedRow] | None = None, build: dict[st
 
 def format_summary(out: Path, info: dict[str, Any]) -> str:
     c, th, why = info["counts"], info["thresholds"], info["reject_reasons"]
-    id_rule = f"ArcFace cosine >= {th['identity_sim']}" if th["identity_sim"] is not None else "filter off"
+    face = (info.get("face_model") or {}).get("backend") or "face"
+    id_rule = f"{face} cosine >= {th['identity_sim']}" if th["identity_sim"] is not None else "filter off"
     clip_rule = f">= {th['clip_t']}" if th["clip_t"] is not None else "filter off"
     return "\n".join([
         f"dataset {out}: {c['total']} rows ({info['num_sources']} sources, {info['instructions']['count']} "

@@ -131,7 +131,7 @@ def build_demo(service: EditService) -> gr.Blocks:
                             tiles.append(gr.Markdown(visible=False, elem_id=f"caption-{m}",
                                                      elem_classes=["method-caption"]))
                 table = gr.Dataframe(label="Numbers (the same as in the tiles)", interactive=False, elem_id="numbers",
-                                     wrap=True, column_widths=["17%", "15%", "12%", "10%", "9%", "9%", "28%"])
+                                     wrap=True, column_widths=["15%", "14%", "10%", "9%", "8%", "10%", "8%", "26%"])
         gr.Examples([[str(path), text] for path, text in examples], inputs=[image, instruction],
                     label="Examples (instructions from the paper's poster)", cache_examples=False)
         if any(s.kind == "demo" for s in service.sources.values()):

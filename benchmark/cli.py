@@ -90,8 +90,11 @@ def _none_or(value: str | None) -> str | None:
 def add_scoring_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     d = (lambda v: v) if defaults else (lambda v: None)
     p.add_argument("--face-pack", default=None,
-                   help="insightface pack for identity similarity: buffalo_l (default; when it is not installed, "
-                        "the toy demo pack, labelled as such), antelopev2, a folder, or none. A named pack is final")
+                   help="face model for identity similarity (id_sim): buffalo_l (default: ArcFace on photos, "
+                        "recorded as unavailable when not installed; the toy demo pack on demo-world images), "
+                        "antelopev2, a pack folder, dlib, or none. A named model is final and scores every image")
+    p.add_argument("--no-dlib", dest="dlib", action="store_false", default=None,
+                   help="no second-opinion identity column from dlib (id_sim_dlib, on by default)")
     p.add_argument("--second-face-pack", default=None,
                    help="an independent second face model (e.g. antelopev2) for a second identity column")
     p.add_argument("--face-root", default=None, help="insightface root (packs in <root>/models/<pack>/)")
@@ -150,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--demo-root", default=None,
                      help="folder of the toy demo models, one subfolder per model key (default "
                           "instantportrait/demo/models)")
+    run.add_argument("--offload", default="none", metavar="none|model|sequential",
+                     help="keep weights in CPU memory, each network (model) or layer (sequential) moved to the GPU as "
+                          "it runs (less GPU memory, slower; a no-op on the CPU). --latency-only takes a list, e.g. "
+                          "none,model: each method timed under each mode in one run")
+    run.add_argument("--no-reference", action="store_true",
+                     help="leave out the 'no-edit' reference row (the source scored as its own output: the ceiling "
+                          "of identity, the floor of CLIP-T), which every run's tables have by default")
     run.add_argument("--batch-size", type=int, default=1, help="latency-only: images per edit call")
     run.add_argument("--repeats", type=int, default=10, help="latency-only: timed edit calls per method")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -187,7 +197,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     scoring = ScoringConfig(face_pack=DEFAULT_FACE_PACK if args.face_pack is None else _none_or(args.face_pack),
                             second_face_pack=_none_or(args.second_face_pack), face_root=args.face_root,
                             clip=DEFAULT_CLIP if args.clip is None else _none_or(args.clip), device=device,
-                            det_size=args.det_size, det_thresh=args.det_thresh,
+                            det_size=args.det_size, det_thresh=args.det_thresh, dlib=args.dlib is not False,
                             demo_fallback=tuple(k for k, v in named.items() if v is None))
     return BenchmarkConfig(
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], out=Path(args.out), images=args.images,
@@ -197,9 +207,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         guidance=parse_per_method(args.guidance, float, "--guidance"),
         image_guidance=parse_per_method(args.image_guidance, float, "--image-guidance"), scoring=scoring,
         source_caption=args.source_caption or DEFAULT_SOURCE_CAPTION, score_later=args.score_later,
-        random_weights=args.random_weights, random_arch=args.random_arch, demo=not args.no_demo,
+        random_weights=args.random_weights, random_arch=args.random_arch, offload=args.offload, demo=not args.no_demo,
         demo_root=Path(args.demo_root) if args.demo_root else None, save_images=not args.no_images,
         progress=not args.quiet, latency_only=args.latency_only, batch_size=args.batch_size, repeats=args.repeats,
+        reference=not args.no_reference,
     )
 
 
@@ -260,6 +271,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(cfg, key, _none_or(value) if isinstance(value, str) and key != "face_root" else value)
     cfg.demo_fallback = tuple(k for k in cfg.demo_fallback if getattr(args, k) is None)  # a named one is final
+    if args.dlib is False:
+        cfg.dlib = False
     cfg.device = args.device or default_device()
     try:
         n = score_pending(out, cfg, rescore=args.rescore, progress=not args.quiet)

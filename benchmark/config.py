@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from benchmark.data import DEMO_WORLD_PREFIX, DEMO_WORLD_SPEC
+from benchmark.metrics import NO_EDIT_METHOD
 from instantportrait.eval.scorer import DEFAULT_SOURCE_CAPTION, ScoringConfig
 
 
@@ -38,10 +39,16 @@ class BenchmarkConfig:
     score_later: bool = False
     random_weights: bool = False
     random_arch: str | None = None
+    # none | model | sequential (methods.base.OFFLOAD_MODES); latency-only also takes a list, e.g. "none,model": every
+    # method is then timed under each, in the same run, so the offload's cost is a ratio within one run
+    offload: str = "none"
     demo: bool = True  # a method whose real model is missing runs on its toy demo model, if one is shipped
     demo_root: Path | None = None  # where demo models live (None: instantportrait/demo/models)
     save_images: bool = True
     progress: bool = True
+    # the "no-edit" reference row (the source scored as its own output: each score's floor or ceiling) is appended to
+    # the methods unless this is off (--no-reference) or the run is latency-only
+    reference: bool = True
     # latency-only mode
     latency_only: bool = False
     batch_size: int = 1
@@ -57,6 +64,8 @@ class BenchmarkConfig:
             raise ValueError("no method given: pass --methods, e.g. --methods ipnet,instructpix2pix")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"a method is listed twice in --methods {','.join(self.methods)}")
+        if self.reference and not self.latency_only and NO_EDIT_METHOD not in self.methods:
+            self.methods = [*self.methods, NO_EDIT_METHOD]
         for name, res in {"*": self.resolution, **self.method_resolution}.items():
             if res is not None and (res < 8 or res % 8):
                 where = "" if name == "*" else f" for {name}"
@@ -69,9 +78,27 @@ class BenchmarkConfig:
                 raise ValueError(f"{name} is too small: {value + (0 if name == '--warmup' else 1)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        modes = self.offload_modes()
+        if len(modes) > 1 and not self.latency_only:
+            raise ValueError(f"--offload {self.offload}: a list of modes is for --latency-only; a run takes one")
         if not self.latency_only and not self.images:
             raise ValueError("--images is required (a folder, an image file, or a Hub dataset owner/name), unless "
                              "--latency-only")
+
+    def offload_modes(self) -> list[str]:
+        """The ``offload`` modes of the run, each checked (one clear error for an unknown or repeated one)."""
+        from instantportrait.methods.base import check_offload
+
+        modes = [check_offload(m.strip()) for m in self.offload.split(",") if m.strip()] or ["none"]
+        if len(set(modes)) != len(modes):
+            raise ValueError(f"--offload {self.offload}: a mode is listed twice")
+        return modes
+
+    @property
+    def demo_world_images(self) -> bool:
+        """The images are synthetic demo-world portraits (``--images demo-world:...``): identity is scored with the
+        toy demo pack made for them unless a face pack is named; any other images with the real default."""
+        return is_demo_world_spec(self.images)
 
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
@@ -101,6 +128,7 @@ class BenchmarkConfig:
         demo = {m: s.location for m, s in sorted((sources or {}).items()) if s.kind == "demo"}
         return {
             **({"demo_models": demo} if demo else {}),
+            **({"offload": self.offload} if self.offload != "none" else {}),  # absent when none: older runs resume
             "resolution": self.resolution, "method_resolution": dict(sorted(self.method_resolution.items())),
             "dtype": str(self.torch_dtype()).replace("torch.", ""),
             "device_type": torch.device(self.device).type, "random_weights": self.random_weights,
@@ -116,6 +144,11 @@ class BenchmarkConfig:
         d["demo_root"] = str(self.demo_root) if self.demo_root is not None else None
         d["scoring"] = self.scoring.to_json()
         return d
+
+
+def is_demo_world_spec(spec: str | None) -> bool:
+    """Whether an ``--images`` spec names the synthetic demo world (``demo-world`` or ``demo-world:N[:SIZE]``)."""
+    return bool(spec) and (spec == DEMO_WORLD_SPEC or spec.startswith(DEMO_WORLD_PREFIX))
 
 
 def check_fingerprint(previous: dict[str, Any] | None, current: dict[str, Any], out: Path,
@@ -141,9 +174,13 @@ def check_scoring(previous: dict[str, Any] | None, scoring: ScoringConfig, out: 
     old = ((previous or {}).get("scoring") or {}).get("config")
     if not old:
         return
-    keys = ("face_pack", "second_face_pack", "clip", "det_size", "det_thresh", "directional_eps")
-    diffs = [f"{k}: {old.get(k)!r} there, {getattr(scoring, k)!r} now" for k in keys
-             if old.get(k) != getattr(scoring, k)]
+    keys = ("face_pack", "second_face_pack", "clip", "det_size", "det_thresh", "directional_eps", "dlib")
+    was = {**ScoringConfig(face_pack=None, clip=None).to_json(), **old}  # keys older runs did not record: defaults
+    diffs = [f"{k}: {was.get(k)!r} there, {getattr(scoring, k)!r} now" for k in keys
+             if was.get(k) != getattr(scoring, k)]
+    if sorted(was.get("unavailable") or {}) != sorted(scoring.unavailable):  # a column scored in one, not the other
+        diffs.append(f"unavailable identity columns: {sorted(was.get('unavailable') or {})} there, "
+                     f"{sorted(scoring.unavailable)} now")
     if diffs:
         raise ValueError(f"{out} was scored with other models/thresholds ({'; '.join(diffs)}). Use the same scoring "
                          "settings, another --out, or rescore everything with `python -m benchmark score "

@@ -52,7 +52,8 @@ def source_policy(cfg: BenchmarkConfig, name: str, device: str = "cpu") -> Any:
                         overrides={name: override} if override else {}, record_overrides=True,
                         random_weights=cfg.random_weights, demo_root=cfg.demo_root, device=device,
                         dtype=cfg.torch_dtype(), resolution=cfg.method_resolution.get(name),
-                        fallback_resolution=None if native else cfg.resolution, random_architecture=cfg.random_arch)
+                        fallback_resolution=None if native else cfg.resolution, random_architecture=cfg.random_arch,
+                        offload=cfg.offload)
 
 
 def model_source(cfg: BenchmarkConfig, name: str) -> Any:
@@ -83,7 +84,8 @@ def load_editor(editor: Any, cfg: BenchmarkConfig, device: torch.device, source:
     kind = source.kind if source is not None else ("random-weights" if cfg.random_weights else "real")
     location = (source.location or source.description or None) if source is not None else editor.model_override
     info: dict[str, Any] = {"method": editor.name, "label": editor.label + (DEMO_LABEL if kind == "demo" else ""),
-                            "model_source": kind, "model_location": location, "resolution": editor.resolution}
+                            "model_source": kind, "model_location": location, "resolution": editor.resolution,
+                            "offload": editor.offload_mode}
     try:
         if not cfg.random_weights:
             editor.check_available()

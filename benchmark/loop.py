@@ -12,8 +12,13 @@ repairs a cut-short last line, so it ends with exactly one row per key.
 Offline: a method without ``--model-override`` whose real model is not available here runs on its shipped toy demo
 model (``instantportrait/demo/models/<model key>/``, at the demo model's own resolution unless ``--resolution
 METHOD=N`` says otherwise; ``demo=False`` / ``--no-demo`` turns this off), labelled "[toy demo model]" everywhere; a
-default face pack / CLIP that is not available is replaced by the toy demo scorers (``ScoringConfig.demo_fallback``),
-noted in ``run.json`` and the summary. Which methods ran on demo models is part of the run's fingerprint.
+default CLIP that is not available is replaced by the toy demo CLIP, noted in ``run.json`` and the summary. Which
+methods ran on demo models is part of the run's fingerprint.
+
+Identity, two independent columns, each row naming its backend (``id_backend``, ``id_backend_dlib``): ``id_sim``
+from buffalo_l (ArcFace, the papers' model) on photos, or the toy demo pack on ``demo-world`` images (unless
+``--face-pack`` names one), and ``id_sim_dlib`` from dlib. A column whose model is not installed is recorded as
+``unavailable`` (rows, ``run.json`` ``scoring.identity``), never filled by the toy pack on photos.
 
 Scale: under ``accelerate launch`` every process takes every N-th sample of each method (by a fixed order, before
 skipping done keys, so the split does not depend on what a killed run left), writes ``parts/rows.rank<i>.jsonl``
@@ -38,7 +43,7 @@ import PIL.Image
 import torch
 
 from benchmark import store
-from benchmark.config import BenchmarkConfig, check_fingerprint, check_scoring
+from benchmark.config import BenchmarkConfig, check_fingerprint, check_scoring, is_demo_world_spec
 from benchmark.data import (
     DEFAULT_INSTRUCTIONS,
     DEMO_WORLD_SPEC,
@@ -146,7 +151,8 @@ def run_benchmark(cfg: BenchmarkConfig, dist: Dist | None = None) -> Path:
                                    "sha256": instructions_sha256(cfg.instructions, instructions)}}
         run = run_record(cfg, previous, session, sources, device, dist, inputs)
         if scorer is not None:
-            run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe(), "demo_scorers": scoring_notes}
+            run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe(), "demo_scorers": scoring_notes,
+                              "identity": scorer.identity_backends()}
         write_run(out, run)
     dist.barrier()  # parts merged and run.json written before any process reads what is done
 
@@ -166,14 +172,19 @@ def check_resume(cfg: BenchmarkConfig, previous: dict[str, Any] | None, sources:
     from instantportrait.methods.sources import demo_notice
 
     check_fingerprint(previous, cfg.fingerprint(sources), cfg.out, cfg.methods)
-    scoring, scoring_notes = cfg.scoring.with_demo_fallback()
+    scoring, scoring_notes = cfg.scoring.with_demo_fallback(demo_world=cfg.demo_world_images)
     if not cfg.score_later:
         check_scoring(previous, scoring, cfg.out)
     if dist.is_main:
         notes = [demo_notice(s) for s in sources.values() if s.kind == "demo"]
-        for note in notes + ([] if cfg.score_later else scoring_notes):
+        for note in notes + ([] if cfg.score_later else scoring_notes + unavailable_notes(scoring)):
             print(note, file=sys.stderr, flush=True)
     return scoring, scoring_notes
+
+
+def unavailable_notes(scoring: ScoringConfig) -> list[str]:
+    """One line per identity column recorded as unavailable (its model is not installed here)."""
+    return [f"{column} is recorded as unavailable: {why}" for column, why in scoring.unavailable.items()]
 
 
 def save_sources(out: Path, images: list[SourceImage]) -> None:
@@ -195,7 +206,7 @@ def run_record(cfg: BenchmarkConfig, previous: dict[str, Any] | None, session: s
         "fingerprint": cfg.fingerprint(sources), "environment": environment(device, dist), **inputs,
         "thresholds": {"det_size": cfg.scoring.det_size, "det_thresh": cfg.scoring.det_thresh,
                        "directional_eps": cfg.scoring.directional_eps, "confidence": 0.95,
-                       "confidence_interval": "Student-t interval of the mean (scipy.stats.t)"},
+                       "confidence_interval": "percentile bootstrap over images (summary.json: statistics)"},
         "source_caption": cfg.source_caption, "resolution": cfg.resolution,
         "memory": MEMORY_NOTE[device.type if device.type in MEMORY_NOTE else "cpu"], "timing": TIMING_NOTE,
         "reference_method": REFERENCE_METHOD, "random_weights": cfg.random_weights,
@@ -321,7 +332,8 @@ def run_method(cfg: BenchmarkConfig, name: str, pending: list[Sample], device: t
         edit_total += edit_s
         mem = (torch.cuda.max_memory_allocated(device) / 2**20 - cuda0 if device.type == "cuda"
                else rss_mb() - rss0)
-        row.update(edit_ms=edit_s * 1000.0, nfe=info["nfe"], mem_peak_mb=mem, mem_kind=info["mem_kind"],
+        row.update(edit_ms=edit_s * 1000.0, nfe=info["nfe"], offload=info["offload"], mem_peak_mb=mem,
+                   mem_kind=info["mem_kind"],
                    output=output_relpath(name, sample) if output is not None and cfg.save_images else None,
                    scored=False)
         if output is not None and scorer is not None:
@@ -360,8 +372,8 @@ def score_pending(out: Path, scoring: ScoringConfig | None = None, rescore: bool
     if scoring is None:
         recorded = (run.get("scoring") or {}).get("config") or (run.get("config") or {}).get("scoring")
         scoring = ScoringConfig(**recorded) if recorded else ScoringConfig()
-    scoring, notes = scoring.with_demo_fallback()
-    for note in notes:
+    scoring, notes = scoring.with_demo_fallback(demo_world=is_demo_world_spec((run.get("images") or {}).get("spec")))
+    for note in notes + unavailable_notes(scoring):
         print(note, file=sys.stderr, flush=True)
     scores_path = out / f"{SCORES}.jsonl"
     if rescore:
@@ -374,7 +386,8 @@ def score_pending(out: Path, scoring: ScoringConfig | None = None, rescore: bool
     pending = [r for r in rows if r.get("status") == "ok" and r.get("output")
                and (rescore or not r.get("scored")) and store.row_key(r) not in have]
     scorer = Scorer.from_config(scoring).load()
-    run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe(), "demo_scorers": notes}
+    run["scoring"] = {"config": scoring.to_json(), "models": scorer.describe(), "demo_scorers": notes,
+                      "identity": scorer.identity_backends()}
     write_run(out, run)
     app = store.JsonlAppender(scores_path)
     sources: dict[str, PIL.Image.Image] = {}

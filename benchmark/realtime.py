@@ -91,7 +91,10 @@ class RealtimeConfig:
     fuse_qkv: bool = False
     compile: bool = False
     compile_mode: str = "reduce-overhead"
+    compile_scope: str = "networks"  # networks: UNet and VAE decoder apart; path: encode -> UNet -> decode as one
+    compile_backend: str = "inductor"
     upcast_vae: bool = False
+    tiny_vae: str | None = None  # AutoencoderTiny on both sides: "random" (TAESD layout, random), "taesd", a folder
     prompt_cache: bool = False
     io: str = "pil"  # pil: PIL images in and out (what the app does); tensor: (B, 3, H, W) on the device, "pt" out
     profile: bool = False
@@ -113,6 +116,8 @@ class RealtimeConfig:
                 raise ValueError(f"model folder not found: {path}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.compile_scope not in ("networks", "path"):
+            raise ValueError(f"compile_scope must be networks or path, got {self.compile_scope!r}")
         if self.io not in IO_MODES:
             raise ValueError(f"io must be one of {IO_MODES}, got {self.io!r}")
         for name, values in (("batches", self.batches), ("resolutions", self.resolutions)):
@@ -141,7 +146,8 @@ class RealtimeConfig:
     def switches(self) -> dict[str, Any]:
         """The ``InstantPortraitPipeline.optimize`` arguments."""
         return {"channels_last": self.channels_last, "fuse_qkv": self.fuse_qkv, "compile": self.compile,
-                "compile_mode": self.compile_mode, "upcast_vae": self.upcast_vae}
+                "compile_mode": self.compile_mode, "upcast_vae": self.upcast_vae, "compile_scope": self.compile_scope,
+                "compile_backend": self.compile_backend}
 
 
 # ---------------------------------------------------------------------------------------------------------- timing
@@ -221,10 +227,18 @@ def load_ipnet(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype) ->
     from instantportrait.pipelines.ipnet import InstantPortraitPipeline
 
     if cfg.random_weights:
-        return build_random_ipnet(resolve_architecture(cfg.arch), device=device, dtype=dtype, seed=cfg.seed)
-    pipe = InstantPortraitPipeline.from_pretrained(cfg.model, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+        pipe = build_random_ipnet(resolve_architecture(cfg.arch), device=device, dtype=dtype, seed=cfg.seed)
+    else:
+        pipe = InstantPortraitPipeline.from_pretrained(cfg.model, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+    if cfg.tiny_vae == "random":  # TAESD's layout for this VAE, random weights: its latency, not its images
+        from instantportrait.pipelines.tiny_vae import build_tiny_autoencoder
+
+        pipe.use_tiny_vae(build_tiny_autoencoder(pipe.vae, seed=cfg.seed))
+    elif cfg.tiny_vae:
+        pipe.use_tiny_vae(cfg.tiny_vae)
+    return pipe
 
 
 def load_ip2p(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype) -> Any:
@@ -398,7 +412,8 @@ def ipnet_part(cfg: RealtimeConfig, device: torch.device, dtype: torch.dtype,
                 out["rows"].append(row)
                 say(f"IPNet {res}² batch {batch}: {row['status']}, p50 {report._fmt_ms(row['p50_ms'])} ms, "
                     f"{row['edits_per_s']:.1f} edits/s, first call {report._fmt_ms(row.get('first_call_ms'))} ms")
-                if batch == 1 and row["status"] == "ok":
+                one_region = cfg.compile and cfg.compile_scope == "path"  # no stages to time inside one graph
+                if batch == 1 and row["status"] == "ok" and not one_region:
                     out["breakdown"].append(sweep.breakdown(res))
                     if cfg.profile:
                         out["profiles"].append(sweep.profile(res, cfg.out).name)
@@ -458,7 +473,7 @@ def run_realtime(cfg: RealtimeConfig) -> dict[str, Any]:
         "ip2p_source": ("random weights, same architecture" if cfg.random_weights else
                         f"model {cfg.ip2p_model}" if cfg.ip2p_model else
                         f"the networks of {cfg.model} in diffusers' InstructPix2Pix pipeline (same architecture)"),
-        "params": part["params"], "io": cfg.io, "prompt_cache": cfg.prompt_cache,
+        "params": part["params"], "io": cfg.io, "prompt_cache": cfg.prompt_cache, "tiny_vae": cfg.tiny_vae,
         "ip2p_guidance": list(ip2p_guidance()),
         "timing": "time.perf_counter around each pipeline call, device synchronised before and after; the first "
                   "call of each shape and the rest of the warm-up excluded from p50/p95",
@@ -519,7 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ip2p-repeats", type=int, default=3)
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--fuse-qkv", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and the VAE decoder")
+    p.add_argument("--compile", action="store_true", help="torch.compile (what: --compile-scope)")
+    p.add_argument("--compile-scope", choices=["networks", "path"], default="networks",
+                   help="networks: UNet and VAE decoder apart; path: VAE encode -> UNet -> decode as one region")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager/aot_eager: tests)")
+    p.add_argument("--tiny-vae", default=None, metavar="SOURCE",
+                   help="AutoencoderTiny on both VAE sides: 'random' (TAESD layout, random weights), 'taesd', a folder")
     p.add_argument("--compile-mode", default="reduce-overhead",
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
     p.add_argument("--upcast-vae", action="store_true", help="VAE in float32 under half precision")

@@ -38,7 +38,8 @@ def summary_line(result: dict[str, Any]) -> str:
     s, meta = result["summary"], result["meta"]
     res = s["resolution"]
     parts = [f"realtime ({meta['device_name']}, {meta['dtype']}" + (", compiled" if meta["switches"]["compile"]
-                                                                     else "") + "):"]
+                                                                     else "")
+             + (f", tiny VAE {meta['tiny_vae']}" if meta.get("tiny_vae") else "") + "):"]
     if s["best_batch"] is not None:
         parts.append(f"best {s['best_edits_per_s']:.1f} edits/s at batch {s['best_batch']} ({res}²);")
     parts.append(f"batch-1 {res}² p50 {report._fmt_ms(s['batch1_p50_ms'])} ms;")
@@ -80,7 +81,8 @@ def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
         f"{' (dirty)' if git.get('dirty') else ''}",
         f"- model: {meta['source']} ({meta['params'] / 1e6:.1f}M parameters); dtype {meta['dtype']}",
         "- switches (InstantPortraitPipeline.optimize): " + ", ".join(f"{k}={v}" for k, v in meta["switches"].items())
-        + f"; io {meta['io']}; prompt cache {'on' if meta['prompt_cache'] else 'off (every call encodes its text)'}",
+        + f"; io {meta['io']}; prompt cache {'on' if meta['prompt_cache'] else 'off (every call encodes its text)'}"
+        + f"; VAE: {('tiny, both sides (' + str(meta['tiny_vae']) + ')') if meta.get('tiny_vae') else 'full'}",
         f"- timing: {meta['timing']}; warm-up {meta['config']['warmup']}, {meta['config']['repeats']} timed calls "
         "per row",
         f"- memory: {meta['memory']}", "",

@@ -2,9 +2,11 @@
 
 Writes, next to ``rows.jsonl``:
 
-* ``summary.md`` / ``summary.csv`` / ``summary.tex`` / ``summary.json``: one line per method (mean and 95% CI of
-  each score, failure rates, latency p50/p95, IPNet's speed-up over the method, NFE, parameters, harness overhead);
-  the CSV and JSON hold every number, the Markdown and LaTeX the readable selection;
+* ``summary.md`` / ``summary.csv`` / ``summary.tex`` / ``summary.json``: one line per method, the ``no-edit``
+  reference row included (mean and 95% image-bootstrap interval of every score with the share of rows missing it,
+  failure rates, latency p50/p95, IPNet's speed-up over the method, NFE, parameters, harness overhead), then the paired
+  differences to IPNet; the CSV and JSON hold every number, the Markdown and LaTeX the readable selection, and
+  ``summary.md`` says how each interval was computed and which captions CLIP-T and CLIP-dir scored against;
 * ``summary_by_category.csv``: the same per (method, instruction category);
 * ``samples.csv``: every row with its scores (later scores applied);
 * ``identity_vs_fidelity.png`` (identity vs CLIP-T, marker area grows with latency) and ``edit_latency.png`` (p50 bars,
@@ -26,6 +28,7 @@ import pandas as pd
 
 from benchmark import metrics, store
 from benchmark.results import METHODS, merged_rows, read_run
+from benchmark.vram import write_vram_table
 
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.tex", "summary.json", "summary_by_category.csv",
                  "samples.csv", "identity_vs_fidelity.png", "edit_latency.png", "grid.html")
@@ -72,12 +75,16 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _fmt_ci(mean: float, lo: float, hi: float, digits: int = 3) -> str:
+def _fmt_ci(mean: float, lo: float, hi: float, missing: float = math.nan, digits: int = 3) -> str:
+    """``mean [lo, hi]`` (a bootstrap interval need not be symmetric), and the share of rows without the score."""
     if not math.isfinite(mean):
         return "–"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+    text = f"{mean:.{digits}f}"
+    if math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    if math.isfinite(missing) and missing > 0:
+        text += f" ({_fmt_pct(missing)} missing)"
+    return text
 
 
 def _fmt_pct(x: Any) -> str:
@@ -90,21 +97,39 @@ def _fmt_ms(x: Any) -> str:
     return f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
 
 
+# Always in the Markdown/LaTeX table (other score columns only when some method has values).
+SHOWN_SCORES = ("id_sim", "id_sim_strict", "clip_t", "clip_dir", "clip_i")
+_HEADERS = {"id_sim": "ID sim ↑", "id_sim_strict": "ID sim, no face = 0 ↑", "id_sim_2": "ID sim (2nd) ↑",
+            "clip_t": "CLIP-T ↑", "clip_dir": "CLIP-dir ↑", "clip_i": "CLIP-I"}
+
+
+def summary_scores(summary: pd.DataFrame, prefix: str = "") -> list[str]:
+    """The score columns of a :func:`metrics.summarize` table (``prefix="diff_"``: its paired differences) worth a
+    column: the standard ones, and any other with values for some method."""
+    cols = [c[len(prefix):-len("_mean")] for c in summary.columns
+            if c.startswith(prefix) and c.endswith("_mean") and f"{c[:-len('_mean')]}_images" in summary
+            and (prefix or not c.startswith("diff_"))]
+    return [c for c in cols if c in SHOWN_SCORES or (summary[f"{prefix}{c}_n"].fillna(0) > 0).any()]
+
+
+def _method_label(r: pd.Series) -> str:
+    label = str(r["label"])
+    return label + (" (reference)" if r.get("is_reference") and "reference" not in label.lower() else "")
+
+
 def display_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The readable selection of the summary (strings), for Markdown and LaTeX."""
+    """The readable selection of the summary (strings), for Markdown and LaTeX: every score as ``mean [lo, hi]``
+    (95% bootstrap over images) with the share of rows missing it."""
     rows = []
-    has_second = "id_sim_2_n" in summary and (summary["id_sim_2_n"] > 0).any()
     for _, r in summary.iterrows():
-        d = {"Method": r["label"], "Status": r["status"], "N": int(r["n_rows"]),
-             "ID sim ↑": _fmt_ci(r["id_sim_mean"], r["id_sim_lo"], r["id_sim_hi"]),
-             "ID sim, no face = 0 ↑": _fmt_ci(r["id_sim_strict_mean"], r["id_sim_strict_lo"], r["id_sim_strict_hi"]),
-             "No face out ↓": _fmt_pct(r["no_face_output_rate"])}
-        if has_second:
-            d["ID sim (2nd) ↑"] = _fmt_ci(r["id_sim_2_mean"], r["id_sim_2_lo"], r["id_sim_2_hi"])
+        d = {"Method": _method_label(r), "Status": r["status"], "N": int(r["n_rows"]),
+             "Images": int(r["n_images"]) if "n_images" in r else "–"}
+        for col in summary_scores(summary):
+            d[_HEADERS.get(col, col)] = _fmt_ci(r[f"{col}_mean"], r[f"{col}_lo"], r[f"{col}_hi"],
+                                                r.get(f"{col}_missing_rate", math.nan))
+            if col == "id_sim_strict":
+                d["No face out ↓"] = _fmt_pct(r["no_face_output_rate"])
         d.update({
-            "CLIP-T ↑": _fmt_ci(r["clip_t_mean"], r["clip_t_lo"], r["clip_t_hi"]),
-            "CLIP-dir ↑": _fmt_ci(r["clip_dir_mean"], r["clip_dir_lo"], r["clip_dir_hi"]),
-            "CLIP-I": _fmt_ci(r["clip_i_mean"], r["clip_i_lo"], r["clip_i_hi"]),
             "p50 ms": _fmt_ms(r["latency_p50_ms"]), "p95 ms": _fmt_ms(r["latency_p95_ms"]),
             "IPNet speed-up": "–" if not math.isfinite(r["ipnet_speedup"]) else f"{r['ipnet_speedup']:.1f}×",
             "NFE": "–" if not math.isfinite(r["nfe"]) else str(int(r["nfe"])),
@@ -112,6 +137,25 @@ def display_table(summary: pd.DataFrame) -> pd.DataFrame:
             "Errors": _fmt_pct(r["error_rate"]),
             "Harness overhead": _fmt_pct(r["loop_overhead_share"]),
         })
+        rows.append(d)
+    return pd.DataFrame(rows)
+
+
+def paired_table(summary: pd.DataFrame, baseline: str = metrics.REFERENCE_METHOD) -> pd.DataFrame:
+    """Per method, ``method − baseline`` of every score on the same image × instruction × seed: ``mean [lo, hi]``
+    (95% bootstrap over images), the pairs and images used; the baseline's own line says so."""
+    cols = summary_scores(summary, "diff_")
+    rows = []
+    for _, r in summary.iterrows():
+        d: dict[str, Any] = {"Method": _method_label(r)}
+        if r["method"] == baseline:
+            d.update({"Pairs": "–", "Images": "–", **{f"Δ {_HEADERS.get(c, c)}": "baseline" for c in cols}})
+        else:
+            d["Pairs"] = int(max([r[f"diff_{c}_n"] for c in cols] or [0]))
+            d["Images"] = int(max([r[f"diff_{c}_images"] for c in cols] or [0]))
+            for c in cols:
+                d[f"Δ {_HEADERS.get(c, c)}"] = _fmt_ci(r[f"diff_{c}_mean"], r[f"diff_{c}_lo"], r[f"diff_{c}_hi"],
+                                                      r[f"diff_{c}_missing_rate"])
         rows.append(d)
     return pd.DataFrame(rows)
 
@@ -129,7 +173,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$", "–": "--"}
+                  "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$", "–": "--",
+                  "Δ": r"$\Delta$"}
 
 
 def latex_escape(text: str) -> str:
@@ -158,6 +203,7 @@ def describe_run(run: dict[str, Any]) -> list[str]:
     models = scoring.get("models") or {}
     face = models.get("face_model") or {}
     face2 = models.get("second_face_model") or {}
+    identity = scoring.get("identity") or {}  # column -> backend (or "unavailable: why")
     clip = models.get("clip") or {}
     th = run.get("thresholds") or {}
     git = env.get("git") or {}
@@ -171,9 +217,10 @@ def describe_run(run: dict[str, Any]) -> list[str]:
         f"face model: {face.get('pack', 'none')} ({face.get('recognition_model', '')}), det_thresh "
         f"{th.get('det_thresh', '?')}, det_size {th.get('det_size', '?')}"
         + (f"; second face model: {face2.get('pack')} ({face2.get('recognition_model', '')})" if face2 else ""),
+        "identity columns: " + (", ".join(f"{col} by {backend}" for col, backend in identity.items())
+                                if identity else "none"),
         f"CLIP: {clip.get('variant') or clip.get('weights') or 'none'} ({clip.get('library', '')}); source caption "
         f"for CLIP-dir: \"{run.get('source_caption', '?')}\"",
-        f"confidence intervals: 95%, {th.get('confidence_interval', 'Student-t')}",
         f"latency: {run.get('timing', '')}",
         f"memory: {run.get('memory', '')}",
         f"versions: torch {versions.get('torch')}, diffusers {versions.get('diffusers')}, transformers "
@@ -335,21 +382,79 @@ def write_grid(rows: pd.DataFrame, facts: dict[str, dict[str, Any]], path: Path,
 
 
 # ---------------------------------------------------------------------------------------------------------- report
-def write_report(out: str | Path) -> dict[str, Path]:
-    """Every table, plot and the grid for a results folder; returns their paths."""
-    out = Path(out)
-    rows, facts, run = load_results(out)
-    order = (run.get("config") or {}).get("methods")
-    summary = metrics.summarize(rows, facts, order=order)
-    paths = {name: out / name for name in SUMMARY_FILES}
+REFERENCE_NOTE = ("the source itself as the output, scored like the methods: the ceiling of identity and CLIP-I, "
+                  "CLIP-dir 0, and the floor of CLIP-T (the unedited portrait against the target caption, which an "
+                  "edit must beat).")
 
+
+def statistics_record(rows: pd.DataFrame, boot: metrics.Bootstrap,
+                      baseline: str = metrics.REFERENCE_METHOD) -> dict[str, Any]:
+    """How the intervals and paired differences were computed, for ``summary.json``."""
+    return {"interval": boot.describe(), "resamples": boot.resamples, "seed": boot.seed,
+            "confidence": boot.confidence, "percentiles": list(boot.percentiles), "cluster": boot.cluster,
+            "images": int(rows[boot.cluster].nunique()) if len(rows) and boot.cluster in rows else 0,
+            "paired_to": baseline, "pair_keys": list(metrics.PAIR_KEYS),
+            "row_level_t_interval": "<score>_t_lo / <score>_t_hi: Student-t, rows treated as independent (too narrow)"}
+
+
+def statistics_notes(summary: pd.DataFrame, facts: dict[str, dict[str, Any]], stats: dict[str, Any]) -> list[str]:
+    """Markdown bullets saying how every number of the tables was computed, and what each reference row is."""
+    baseline = stats["paired_to"]
+    base = summary.loc[summary["method"] == baseline, "label"] if len(summary) else []
+    base_label = str(base.iloc[0]) if len(base) else baseline
+    lines = [
+        f"Intervals: {stats['interval']}. This run has {stats['images']} images; `Images` is each method's count "
+        "(per score: `<score>_images` in summary.csv). A score with values from fewer than 2 images has no interval.",
+        f"Paired differences (Δ): method − {base_label} on the same image × instruction × seed (rows present in "
+        f"both), the mean of the per-pair differences and its interval by the same bootstrap over images (a drawn "
+        f"image brings all its pairs; {stats['resamples']} resamples, seed {stats['seed']}). `Pairs`: pairs with a "
+        "value on both sides; a pair missing either (an error, no face, a row one method lacks) counts as missing.",
+        "`(x% missing)`: the share of the method's rows without that score (errors, no face, not scored yet): left "
+        "out of the mean, and counted here, not dropped silently.",
+        "The row-level Student-t interval (mean ± t·s/√n, which treats rows as independent and is too narrow when "
+        "an image gives many rows) is kept in summary.csv/json only, as `<score>_t_lo` / `<score>_t_hi`.",
+    ]
+    for _, r in summary.iterrows():
+        desc = ((facts.get(r["method"]) or {}).get("describe") or {}).get("description")
+        if r.get("is_reference"):
+            lines.append(f"{_method_label(r)}: {desc or REFERENCE_NOTE} Its latency is the harness's, not an "
+                         "edit's: no speed-up, and left out of the latency plot.")
+        elif desc:
+            lines.append(f"{_method_label(r)}: {desc}")
+    return lines
+
+
+def instruction_section(rows: pd.DataFrame, run: dict[str, Any]) -> list[str]:
+    """Markdown: the run's instruction set, its CLIP-dir source caption(s) and each instruction's CLIP-T target
+    caption, as the rows were scored (read from the rows, so it is what the numbers used)."""
+    ins = run.get("instructions") or {}
+    lines = [f"## Instruction set: {ins.get('path', '?')} ({ins.get('count', '?')} instructions)", ""]
+    if not len(rows) or "instruction_id" not in rows:
+        return lines + ["No rows yet."]
+    first = rows.drop_duplicates("instruction_id")
+    captions = sorted({str(c) for c in first.get("source_caption", pd.Series(dtype=object)).dropna()})
+    lines += [f"- CLIP-dir source caption{'s' if len(captions) > 1 else ''}: "
+              + (", ".join(f"\"{c}\"" for c in captions) or "?")
+              + " (CLIP-dir = cos(E_I(output) − E_I(source), E_T(target caption) − E_T(source caption))).",
+              "- CLIP-T target captions (CLIP-T = cos(E_I(output), E_T(target caption))):", ""]
+    table = {"Id": first["instruction_id"], "Category": first.get("category", ""),
+             "Instruction": first.get("instruction", ""), "CLIP-T target caption": first.get("target_caption", "")}
+    if len(captions) > 1:
+        table["CLIP-dir source caption"] = first["source_caption"]
+    return lines + [to_markdown(pd.DataFrame(table).fillna(""))]
+
+
+def write_summaries(summary: pd.DataFrame, rows: pd.DataFrame, facts: dict[str, dict[str, Any]],
+                    run: dict[str, Any], boot: metrics.Bootstrap, paths: dict[str, Path]) -> None:
+    """summary.csv, summary.json, summary.md and summary.tex (the method table, then the paired differences)."""
+    stats = statistics_record(rows, boot)
     summary.to_csv(paths["summary.csv"], index=False)
     paths["summary.json"].write_text(json.dumps(
         {"run": {k: run.get(k) for k in ("created", "updated", "resolution", "fingerprint", "environment",
                                          "scoring", "thresholds", "source_caption", "memory", "timing",
-                                         "random_weights", "model_sources")},
-         "methods": store.jsonable(summary.to_dict("records"))}, indent=2, default=str))
-    disp = display_table(summary)
+                                         "random_weights", "model_sources", "instructions")},
+         "statistics": stats, "methods": store.jsonable(summary.to_dict("records"))}, indent=2, default=str))
+    disp, paired = display_table(summary), paired_table(summary, stats["paired_to"])
     notes = describe_run(run)
     unavailable = [f"- {r['label']}: **{r['status']}**: {r['message']}" for _, r in summary.iterrows()
                    if r["status"] != "ok" and r["message"]]
@@ -360,16 +465,33 @@ def write_report(out: str | Path) -> dict[str, Path]:
            "- Harness overhead: (loop wall time - edit time) / edit time."]
     if unavailable:
         md += ["", "Methods not run:", *unavailable]
+    md += ["", "## Paired differences to IPNet (method − IPNet, same image × instruction × seed)", "",
+           to_markdown(paired), "", "## How the intervals were computed", "",
+           *[f"- {n}" for n in statistics_notes(summary, facts, stats)], "", *instruction_section(rows, run)]
     paths["summary.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
-    paths["summary.tex"].write_text(to_latex(
-        disp, caption="Identity similarity, instruction fidelity and latency (mean ± 95% CI half-width). "
-        + "; ".join(notes[:3]), label="tab:benchmark"), encoding="utf-8")
+    caption = f"mean [95% interval: bootstrap over {stats['images']} images, {boot.resamples} resamples]"
+    paths["summary.tex"].write_text(
+        to_latex(disp, caption=f"Identity similarity, instruction fidelity and latency ({caption}). "
+                 + "; ".join(notes[:3]), label="tab:benchmark")
+        + to_latex(paired, caption=f"Paired differences to IPNet on the same image, instruction and seed ({caption})",
+                   label="tab:benchmark-paired"), encoding="utf-8")
+
+
+def write_report(out: str | Path) -> dict[str, Path]:
+    """Every table, plot and the grid for a results folder; returns their paths."""
+    out = Path(out)
+    rows, facts, run = load_results(out)
+    order = (run.get("config") or {}).get("methods")
+    boot = metrics.Bootstrap()
+    summary = metrics.summarize(rows, facts, order=order, boot=boot)
+    paths = {name: out / name for name in SUMMARY_FILES}
+    write_summaries(summary, rows, facts, run, boot, paths)
 
     if len(rows) and "category" in rows:
         parts = []
         for cat, sub in rows.groupby("category", sort=True):
-            s = metrics.summarize(sub, {m: {"label": f.get("label", m)} for m, f in facts.items()
-                                        if m in set(sub["method"])}, order=order)
+            s = metrics.summarize(sub, {m: {"label": f.get("label", m), "describe": f.get("describe")}
+                                        for m, f in facts.items() if m in set(sub["method"])}, order=order, boot=boot)
             s.insert(1, "category", cat)
             parts.append(s)
         by_cat = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -379,7 +501,8 @@ def write_report(out: str | Path) -> dict[str, Path]:
     (metrics.add_derived_columns(rows) if len(rows) else rows).to_csv(paths["samples.csv"], index=False)
 
     plot_identity_vs_fidelity(summary, paths["identity_vs_fidelity.png"])
-    plot_latency(summary, paths["edit_latency.png"])
+    edits = summary[~summary["is_reference"].astype(bool)] if "is_reference" in summary else summary
+    plot_latency(edits, paths["edit_latency.png"])  # a reference row's "latency" is the harness's
     write_grid(rows, facts, paths["grid.html"], methods=[m for m in (order or []) if m in set(rows["method"])]
                or None)
     return paths
@@ -423,4 +546,5 @@ def write_latency_tables(table: pd.DataFrame, meta: dict[str, Any], out: Path) -
     (out / "latency.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot_latency(table.assign(label=table["label"]), out / "latency.png", p50="p50_ms", p95="p95_ms",
                  title="Architecture latency per edit (p50, whisker p95)")
-    return {"latency.md": out / "latency.md", "latency.csv": out / "latency.csv", "latency.png": out / "latency.png"}
+    return {"latency.md": out / "latency.md", "latency.csv": out / "latency.csv", "latency.png": out / "latency.png",
+            **write_vram_table(table, meta, out, to_markdown)}

@@ -139,6 +139,13 @@ MODELS: dict[str, ModelSpec] = {
             "clip", "ViT-L/14", kind="clip", licence="MIT (OpenAI CLIP)", size_gb=0.89,
             description="CLIP ViT-L/14 (clip-anytorch) for CLIP-T / CLIP-I / directional scores",
         ),
+        # The real-time path's tiny VAE (pipe.use_tiny_vae("taesd")): diffusers AutoencoderTiny weights, 2.4M
+        # parameters (fp32 safetensors, ~10 MB), for SD-class latents. Unpinned: no commit hash readable offline.
+        ModelSpec(
+            "taesd", "madebyollin/taesd", licence="MIT", size_gb=0.01,
+            description="TAESD: tiny VAE encoder + decoder (AutoencoderTiny) for the real-time one-step path",
+            allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        ),
         # IP-Control baseline (methods/ipcontrol.py): IP-Adapter FaceID + an SD1.5 ControlNet on SD1.5.
         ModelSpec(
             "sd15-base", "stable-diffusion-v1-5/stable-diffusion-v1-5", licence="CreativeML OpenRAIL-M",
@@ -163,6 +170,27 @@ MODELS: dict[str, ModelSpec] = {
             "controlnet-canny-sd15", "lllyasviel/control_v11p_sd15_canny", licence="CreativeML OpenRAIL-M",
             size_gb=1.45, description="ControlNet 1.1 Canny for SD1.5 (IP-Control with control='canny')",
             allow_patterns=("config.json", "diffusion_pytorch_model.safetensors"),
+        ),
+        # IP-Control-XL baseline (methods/ipcontrol_xl.py): IP-Adapter FaceID SDXL + an SDXL ControlNet on sdxl-base.
+        # Revisions unpinned (main): no commit hash could be read from this offline machine.
+        ModelSpec(
+            "ip-adapter-faceid-sdxl", "h94/IP-Adapter-FaceID", licence="non-commercial research only (insightface "
+            "embeddings; see the model card)", size_gb=1.07,  # 536M fp16 parameters: projection, LoRA, IP layers
+            description="IP-Adapter FaceID for SDXL (face-ID projection + LoRA + IP layers; LoRA merged at load)",
+            allow_patterns=("ip-adapter-faceid_sdxl.bin",),
+        ),
+        ModelSpec(
+            "controlnet-openpose-sdxl", "thibaud/controlnet-openpose-sdxl-1.0",
+            licence="see the model card (Hub licence tag: other); SDXL-derived", size_gb=5.0,
+            description="OpenPose ControlNet for SDXL, diffusers format (IP-Control-XL's default condition)",
+            # Its diffusers weights' format is not known here: either counts; not the single-file OpenPoseXL2 copy.
+            allow_patterns=("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+            required_files=("config.json", "diffusion_pytorch_model.*"),
+        ),
+        ModelSpec(
+            "controlnet-canny-sdxl", "diffusers/controlnet-canny-sdxl-1.0", licence="CreativeML OpenRAIL++-M",
+            size_gb=2.5, description="Canny ControlNet for SDXL, fp16 variant (IP-Control-XL with control='canny')",
+            allow_patterns=("config.json", "diffusion_pytorch_model.fp16.safetensors"), variant="fp16",
         ),
     ]
 }

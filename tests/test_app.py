@@ -319,7 +319,7 @@ def test_a_failing_method_shows_its_reason_while_the_others_run(tmp_path, tiny_f
 def test_tiny_sources_are_labelled_in_every_tile(served, astronaut_file):
     service = served[0]  # EditService.create(tiny settings), as the served app uses it
     assert service.sources["ipnet"].kind == "tiny" and service.sources["magicbrush"].kind == "tiny"
-    assert set(service.sources) == set(list_methods())  # every registered method gets a checkbox
+    assert set(service.sources) == set(list_methods()) - {"no-edit"}  # every editing method gets a checkbox
     assert TINY_LABEL in service.banner_markdown()
     result = service.run(EditRequest(str(astronaut_file), "wearing a hat", ("ipnet", "instructpix2pix"), steps=2))
     assert all(r.ok and TINY_LABEL in r.caption() for r in result.results)
@@ -642,7 +642,28 @@ def test_missing_default_scorers_fall_back_to_the_shipped_demo_scorers(tmp_path,
     scorers = Scorers(device="cpu")
     assert "demo pack" in scorers.face_label and "demo model" in scorers.clip_label
     sample = World(seed=0, num_identities=20).sample("test", 0)
-    faces = scorers.source_faces(sample.source)
-    assert faces.face is not None and faces.count == 1
+    faces = scorers.source_faces(sample.source, demo_world=True)  # the toy pack only for demo-world portraits
+    assert faces.face is not None and faces.count == 1 and faces.backend == "toy:demo_face_pack"
+    assert scorers.source_faces(astronaut_portrait()).backend == "dlib"  # a photo: a real model, never the toy
     explicit = Scorers(face_pack=str(tmp_path / "my_pack"), clip=str(tmp_path / "my_clip.pt"), device="cpu")
     assert explicit.face_error and explicit.clip_error
+
+
+def test_identity_backend_follows_the_image_and_every_tile_names_it(tmp_path, monkeypatch, tiny_clip_file):
+    """Default face pack, no buffalo_l: the app's demo-world example is scored with the toy pack, the astronaut (and
+    any upload) with dlib; the tile caption and the table row say which."""
+    from instantportrait.demo.examples import write_demo_world_examples
+
+    monkeypatch.setenv("INSIGHTFACE_ROOT", str(tmp_path / "no-insightface"))
+    settings = AppSettings(sources=("tiny",), clip=str(tiny_clip_file), work_dir=tmp_path, demo_root=tmp_path / "none",
+                           device="cpu")
+    manager = ModelManager(None)
+    manager.add("ipnet", FakeEditor())
+    service = EditService(settings, {"ipnet": ModelSource("ipnet", "real", "fake")}, manager,
+                          Scorers(settings.face_pack, settings.clip), tmp_path)
+    world_example = write_demo_world_examples(tmp_path / "elsewhere")[0][0]  # a copy, as gradio serves it
+    for image, backend in ((str(world_example), "toy:demo_face_pack"), (astronaut_portrait(), "dlib")):
+        r = service.run(EditRequest(image, "wearing a hat", ("ipnet",))).results[0]
+        assert r.ok and r.id_backend == backend and r.id_sim == pytest.approx(1.0, abs=1e-4)
+        assert f"({backend})" in r.caption()
+        assert service.run(EditRequest(image, "wearing a hat", ("ipnet",))).table().iloc[0]["ID model"] == backend

@@ -124,9 +124,16 @@ def test_offline_demo_world_run_uses_demo_models_and_demo_scorers(tmp_path, demo
     assert run["scoring"]["config"]["face_pack"] == str(DEMO_FACE_PACK)
     assert run["scoring"]["config"]["clip"] == str(DEMO_CLIP)
     assert len(run["scoring"]["demo_scorers"]) == 2
+    # Both identity columns name their backend: the toy pack on the demo world, dlib as the second opinion.
+    assert run["scoring"]["identity"] == {"id_sim": "toy:demo_face_pack", "id_sim_dlib": "dlib"}
+    for r in (r for r in rows if r["status"] == "ok"):
+        assert r["id_backend"] == "toy:demo_face_pack" and r["id_backend_dlib"] == "dlib"
+        assert "id_sim_dlib" in r and "no_face_source_dlib" in r
     assert run["instructions"]["path"] == "demo-world" and run["instructions"]["count"] == 15
 
-    summary = {m["method"]: m for m in json.loads((out / "summary.json").read_text())["methods"]}
+    summary_json = json.loads((out / "summary.json").read_text())
+    assert summary_json["run"]["scoring"]["identity"]["id_sim"] == "toy:demo_face_pack"
+    summary = {m["method"]: m for m in summary_json["methods"]}
     assert summary["ipnet"]["label"] == "IPNet (1 step)" + DEMO_LABEL
     assert summary["idenet"]["label"] == "IDE-Net (teacher)"
     md = (out / "summary.md").read_text()
@@ -163,9 +170,15 @@ def test_an_explicitly_named_scorer_is_final(tmp_path, demo_root, no_default_sco
 
 # ---------------------------------------------------------------------------------------------- pieces
 def test_scoring_fallback_replaces_only_missing_defaults_that_may_fall_back(no_default_scorers, tiny_face_pack):
-    resolved, notes = ScoringConfig().with_demo_fallback()
+    # Demo-world images: the toy pack made for them. Any other image: buffalo_l stays, recorded as unavailable here
+    # (never the toy pack on a photo); dlib's column is the real one.
+    resolved, notes = ScoringConfig().with_demo_fallback(demo_world=True)
     assert (resolved.face_pack, resolved.clip) == (str(DEMO_FACE_PACK), str(DEMO_CLIP)) and len(notes) == 2
-    resolved, notes = ScoringConfig(demo_fallback=("clip",)).with_demo_fallback()
+    assert resolved.unavailable == {}
+    resolved, notes = ScoringConfig().with_demo_fallback()
+    assert (resolved.face_pack, resolved.clip) == ("buffalo_l", str(DEMO_CLIP)) and len(notes) == 1
+    assert list(resolved.unavailable) == ["id_sim"] and "buffalo_l" in resolved.unavailable["id_sim"]
+    resolved, notes = ScoringConfig(demo_fallback=("clip",)).with_demo_fallback(demo_world=True)
     assert (resolved.face_pack, resolved.clip) == ("buffalo_l", str(DEMO_CLIP)) and len(notes) == 1
     named = ScoringConfig(face_pack=str(tiny_face_pack), clip=None)
     assert named.with_demo_fallback() == (named, [])

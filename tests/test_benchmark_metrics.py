@@ -149,10 +149,13 @@ def test_summarize_against_pandas():
     means = ok.groupby("method")["id_sim"].apply(lambda s: pd.to_numeric(s).mean())
     assert table.loc["ipnet", "id_sim_mean"] == pytest.approx(means["ipnet"]) == pytest.approx(0.7)
     assert table.loc["ip2p", "id_sim_mean"] == pytest.approx(0.6)
-    # 95% CI of ip2p's identity, by hand: t(0.975, 2) = 4.302652729911275
+    # The old row-level interval, kept as _t_lo/_t_hi, by hand: t(0.975, 2) = 4.302652729911275
     half = 4.302652729911275 * pd.Series([0.5, 0.7, 0.6]).std(ddof=1) / math.sqrt(3)
-    assert table.loc["ip2p", "id_sim_lo"] == pytest.approx(0.6 - half)
-    assert table.loc["ip2p", "id_sim_hi"] == pytest.approx(0.6 + half)
+    assert table.loc["ip2p", "id_sim_t_lo"] == pytest.approx(0.6 - half)
+    assert table.loc["ip2p", "id_sim_t_hi"] == pytest.approx(0.6 + half)
+    # The interval of the tables: a bootstrap over the 3 images, inside the range of their values.
+    assert 0.5 <= table.loc["ip2p", "id_sim_lo"] < 0.6 < table.loc["ip2p", "id_sim_hi"] <= 0.7
+    assert table.loc["ip2p", "id_sim_images"] == 3 and table.loc["ip2p", "id_sim_missing_rate"] == pytest.approx(0.25)
     # The face lost in ipnet's output "c" counts 0 in the strict mean; the faceless source is left out.
     assert table.loc["ipnet", "id_sim_strict_mean"] == pytest.approx((0.8 + 0.6 + 0.0) / 3)
     assert table.loc["ipnet", "no_face_output_rate"] == pytest.approx(1 / 3)
@@ -178,10 +181,10 @@ def test_report_formats(tmp_path):
     table = metrics.summarize(_rows(), {"ipnet": {"label": "IPNet_1 & co"}})
     disp = report.display_table(table)
     md = report.to_markdown(disp)
-    assert md.splitlines()[0].startswith("| Method | Status | N | ID sim ↑")
-    assert "0.700 ± " in md and "100.0×" in md
+    assert md.splitlines()[0].startswith("| Method | Status | N | Images | ID sim ↑")
+    assert "0.700 [0.600, 0.800] (50.0% missing)" in md and "100.0×" in md
     tex = report.to_latex(disp)
-    assert r"IPNet\_1 \& co" in tex and r"\begin{tabular}" in tex and r"$\pm$" in tex
+    assert r"IPNet\_1 \& co" in tex and r"\begin{tabular}" in tex and r"0.700 [0.600, 0.800] (50.0\% missing)" in tex
 
 
 # ------------------------------------------------------------------------------------------------------ JSONL store

@@ -60,7 +60,8 @@ def test_sweep_figures_agree(tmp_path, capsys):
     meta, cold = result["meta"], result["cold_start"]
     assert meta["device_name"].startswith("CPU") and meta["dtype"] == "float32"
     assert meta["switches"] == {"channels_last": False, "fuse_qkv": False, "compile": False,
-                                "compile_mode": "reduce-overhead", "upcast_vae": False}
+                                "compile_mode": "reduce-overhead", "upcast_vae": False, "compile_scope": "networks",
+                                "compile_backend": "inductor"}
     assert meta["environment"]["versions"]["torch"] == torch.__version__.split("+")[0]
     assert cold["load_s"] > 0 and cold["first_call_ms"] == result["rows"][0]["first_call_ms"]
     md = (tmp_path / "rt" / "realtime.md").read_text()

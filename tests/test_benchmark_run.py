@@ -110,8 +110,8 @@ def test_full_offline_run_writes_every_output(tmp_path, test_editors, images_dir
 
     rows = store.read_jsonl(out / "rows.jsonl")
     keys = [store.row_key(r) for r in rows]
-    assert len(keys) == len(set(keys)) == 4 * 3 * 2  # 4 methods ran x 3 readable images x 2 instructions
-    assert {r["method"] for r in rows} == {"ipnet", "instructpix2pix", "copy-test", "flaky-test"}
+    assert len(keys) == len(set(keys)) == 5 * 3 * 2  # 4 methods and no-edit ran x 3 readable images x 2 instructions
+    assert {r["method"] for r in rows} == {"ipnet", "instructpix2pix", "copy-test", "flaky-test", "no-edit"}
     for r in rows:
         if r["status"] == "ok":
             assert (out / r["output"]).is_file() and r["edit_ms"] > 0 and r["harness_ms"] >= 0
@@ -148,6 +148,34 @@ def test_full_offline_run_writes_every_output(tmp_path, test_editors, images_dir
     assert "src='images/ipnet/astronaut__glasses__s0.png'" in grid and "src='sources/astronaut.png'" in grid
     assert "/tmp" not in grid.split("<h1>")[1]  # relative paths only
     assert "MagicBrush" in (out / "summary.md").read_text() and r"\toprule" in (out / "summary.tex").read_text()
+    check_reference_and_statistics(out, rows, summary)
+
+
+def check_reference_and_statistics(out: Path, rows: list[dict], summary: dict[str, dict]) -> None:
+    """The no-edit row (added by default) is the source pixel for pixel, labelled a reference, scored, with no
+    speed-up; summary.md says how every interval was computed and which captions were scored against."""
+    for r in (r for r in rows if r["method"] == "no-edit"):
+        with Image.open(out / r["output"]) as edited, Image.open(out / r["source"]) as source:
+            assert edited.tobytes() == source.tobytes()
+        if r["image"] != "blank":
+            assert r["id_sim"] == pytest.approx(1.0, abs=1e-5) and r["clip_dir"] == 0.0
+    ref = summary["no-edit"]
+    assert ref["is_reference"] is True and ref["label"].startswith("No edit (reference") and ref["nfe"] == 0
+    assert ref["ipnet_speedup"] is None and ref["clip_i_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert summary["copy-test"]["diff_clip_t_n"] == 6 and summary["copy-test"]["diff_clip_t_images"] == 3
+    md = (out / "summary.md").read_text()
+    assert "| No edit (reference: the source itself) | ok |" in md
+    assert "Reference row, not a method: the source is the output" in md  # the method's own description
+    assert "## Paired differences to IPNet" in md and "| Δ CLIP-T ↑ |" in md
+    assert "95% percentile bootstrap over images (2000 resamples, numpy seed 0" in md
+    assert "This run has 3 images" in md and "same image × instruction × seed" in md
+    assert 'CLIP-dir source caption: "a photo of a person"' in md
+    assert "| glasses | accessories | wearing glasses | a person wearing glasses |" in md
+    tex = (out / "summary.tex").read_text()
+    assert "\\Delta" in tex and "tab:benchmark-paired" in tex
+    stats = json.loads((out / "summary.json").read_text())["statistics"]
+    assert stats["resamples"] == 2000 and stats["seed"] == 0 and stats["paired_to"] == "ipnet"
+    assert stats["pair_keys"] == ["image", "instruction_id", "seed"] and stats["images"] == 3
 
 
 def test_unknown_method_lists_registered_ones(tmp_path, capsys):
@@ -190,7 +218,7 @@ def test_killed_run_resumes_with_exactly_one_row_per_key(tmp_path, test_editors,
     out = tmp_path / "results"
     args = ["--methods", "copy-test", "--images", str(images_dir), "--instructions", str(instructions_file),
             "--out", str(out), "--seeds", "0,1", "--device", "cpu", "--resolution", "64", "--face-pack", "none",
-            "--clip", "none", "--warmup", "0", "--quiet"]
+            "--clip", "none", "--no-reference", "--warmup", "0", "--quiet"]
     # A separate process runs the benchmark and is SIGKILLed (fixtures.crash) halfway through writing its 4th row,
     # as an OOM kill or a power cut would. (A fresh interpreter, not a fork: forking a process that already runs
     # threads, as pytest's does after other tests, can deadlock the child on a lock held at fork time.)
@@ -222,7 +250,7 @@ def test_sharded_processes_are_merged_by_rank0(tmp_path, test_editors, images_di
     out = tmp_path / "results"
     cfg = BenchmarkConfig(methods=["copy-test"], out=out, images=str(images_dir),
                           instructions=str(instructions_file), seeds=[0, 1], resolution=64, warmup=0,
-                          scoring=ScoringConfig(face_pack=None, clip=None), progress=False)
+                          scoring=ScoringConfig(face_pack=None, clip=None), progress=False, reference=False)
     run_benchmark(cfg, Dist(rank=1, world=2))  # rank 1 finishes first: a part file and a done marker
     assert store.part_files(out, "rows") and not (out / "summary.md").exists()
     run_benchmark(cfg, Dist(rank=0, world=2))  # rank 0 does its share, waits for the marker, merges, reports
@@ -257,3 +285,30 @@ def test_score_later_and_rescore(tmp_path, test_editors, images_dir, instruction
     assert len(rescored) == len(rows) and all("clip_t" not in s and "id_sim_2" in s for s in rescored)
     run = json.loads((out / "run.json").read_text())
     assert run["scoring"]["config"]["clip"] is None
+
+
+def test_a_photo_gets_a_real_identity_column_and_every_backend_is_named(tmp_path, test_editors, instructions_file,
+                                                                       astronaut_image, tiny_clip_file, monkeypatch,
+                                                                       capsys):
+    """No buffalo_l here: on a photo, id_sim (ArcFace) is recorded as unavailable, never filled by the toy pack, and
+    dlib's id_sim_dlib is the real column; rows, run.json and summary.json name the backends, scored now or later."""
+    monkeypatch.setenv("INSIGHTFACE_ROOT", str(tmp_path / "no-insightface"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    astronaut_image.save(folder / "astronaut.png")
+    for later in (False, True):
+        out = tmp_path / f"results-{later}"
+        args = ["--methods", "copy-test", "--images", str(folder), "--instructions", str(instructions_file),
+                "--out", str(out), "--device", "cpu", "--resolution", "320", "--clip", str(tiny_clip_file),
+                "--no-reference", "--warmup", "0", "--quiet", *(["--score-later"] if later else [])]
+        assert main(args) == 0
+        assert "id_sim is recorded as unavailable" in capsys.readouterr().err
+        scores = store.read_jsonl(out / ("scores.jsonl" if later else "rows.jsonl"))
+        assert len([r for r in scores if r["method"] == "copy-test"]) == 2
+        for r in scores:
+            assert r["id_backend"] == "unavailable" and "id_sim" not in r
+            assert r["id_backend_dlib"] == "dlib" and r["id_sim_dlib"] == pytest.approx(1.0, abs=1e-5)
+        identity = json.loads((out / "run.json").read_text())["scoring"]["identity"]
+        assert identity["id_sim"].startswith("unavailable") and "buffalo_l" in identity["id_sim"]
+        assert identity["id_sim_dlib"] == "dlib"
+        assert json.loads((out / "summary.json").read_text())["run"]["scoring"]["identity"] == identity

@@ -220,6 +220,8 @@ def test_full_run_records_every_row_with_scores_and_counts(sources, tmp_path, ti
     assert info["thresholds"] == {"identity_sim": 0.9, "clip_t": -0.02}
     assert info["resolution"] == 64 and info["seed"] == 0 and info["generator"]["name"] == "test-paint"
     assert info["face_model"]["recognition_model"] == "w_tiny.onnx" and info["clip"]["weights"] == tiny_clip_file.name
+    assert info["face_model"]["evaluation_backend"] == "insightface:buffalo_l"  # the filter's model vs the judge's
+    assert info["face_model"]["same_as_evaluation"] is False
     counts = info["counts"]
     assert counts["total"] == 30 and counts["passed"] == sum(r["passed"] for r in rows)
     assert counts["passed_identity"] == sum(r["identity_sim"] is not None and r["identity_sim"] >= 0.9
@@ -236,7 +238,7 @@ def test_full_run_records_every_row_with_scores_and_counts(sources, tmp_path, ti
     _, pairs = data.read_dataset(out)
     assert [p.id for p in pairs] == [r["id"] for r in rows if r["passed"]]
     assert all(p.source_kps.shape == (5, 2) for p in pairs)
-    assert f"identity (ArcFace cosine >= 0.9): {counts['passed_identity']} of 18 passed" in printed
+    assert f"identity (insightface:tiny_pack cosine >= 0.9): {counts['passed_identity']} of 18 passed" in printed
 
 
 # --------------------------------------------------------------------------------------------- resume, shards
@@ -418,3 +420,14 @@ def test_editor_takes_one_seed_per_image(tiny_ip2p, portrait):
     assert np.abs(np.asarray(batch[0], np.int16) - np.asarray(batch[1], np.int16)).mean() > 2  # other seed, other image
     with pytest.raises(ValueError, match="2 seeds for 1 images"):
         editor.edit(images[:1], texts[:1], seed=[1, 2], settings=settings)
+
+
+def test_the_identity_filter_defaults_to_dlib_not_the_evaluation_model():
+    """The benchmark judges identity with buffalo_l: the filter defaults to dlib, with dlib's own cosine threshold."""
+    from train.build_dataset.cli import build_parser, min_identity
+    from train.build_dataset.plan import DLIB_MIN_IDENTITY, Locations
+
+    args = build_parser().parse_args(["--sources", "x", "--out", "y"])
+    assert args.face_pack is None and Locations().face_pack == "dlib" and min_identity(args) == DLIB_MIN_IDENTITY
+    named = build_parser().parse_args(["--sources", "x", "--out", "y", "--face-pack", "buffalo_l"])
+    assert min_identity(named) == 0.4

@@ -104,6 +104,20 @@ def test_require_face(tmp_path, tiny_ipnet, tiny_face_pack, astronaut_image):
     assert main(["edit", str(face), "hat", "-o", str(tmp_path / "o.png"), *common]) == 0
 
 
+def test_require_face_checks_a_photo_with_a_real_face_model(tmp_path, tiny_ipnet, astronaut_image, monkeypatch,
+                                                          capsys):
+    """No insightface pack installed: --require-face uses dlib (auto), never the toy demo pack."""
+    monkeypatch.setenv("INSIGHTFACE_ROOT", str(tmp_path / "no-insightface"))
+    face, blank = tmp_path / "astronaut.png", tmp_path / "blank.png"
+    astronaut_image.save(face)
+    PIL.Image.new("RGB", (128, 128), (128, 128, 128)).save(blank)
+    common = ["hat", "-o", str(tmp_path / "o.png"), "--model", str(tiny_ipnet), "--require-face"]
+    assert main(["edit", str(face), *common]) == 0
+    assert "faces checked with dlib" in capsys.readouterr().err
+    assert main(["edit", str(blank), *common]) == EXIT_NO_FACE
+    assert "backend dlib" in capsys.readouterr().err
+
+
 def test_output_paths():
     assert output_paths([Path("a.jpg")], Path("o.png"), "ipnet") == [Path("o.png")]
     assert output_paths([Path("a.jpg"), Path("b.jpg")], Path("d"), "ipnet") == [Path("d/a_ipnet.png"),

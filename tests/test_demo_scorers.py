@@ -225,10 +225,10 @@ def test_trimmed_text_padding_does_not_change_text_features(scorer):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="det_resolution"):
         ts.ScorerConfig(det_resolution=50)
-    with pytest.raises(ValueError, match="clip_batch"):
-        ts.ScorerConfig(clip_batch=7)
-    with pytest.raises(ValueError, match="rec_steps"):
-        ts.ScorerConfig(rec_steps=0)
+    with pytest.raises(ValueError, match="clip.batch"):
+        ts.ScorerConfig(clip=ts.Schedule(steps=10, batch=7, lr=1e-3))
+    with pytest.raises(ValueError, match="rec.steps"):
+        ts.ScorerConfig(rec=ts.Schedule(steps=0, batch=8, lr=1e-3))
 
 
 # ---------------------------------------------------------------------------------------------- --quick training

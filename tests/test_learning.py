@@ -79,11 +79,18 @@ def _logged(path: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-def _timed(train, cfg):
-    """Run a trainer; its output folder and the CPU seconds it took."""
-    start = time.process_time()
-    out = train(cfg)
-    return out, time.process_time() - start
+def _train(trainer, cfg, evaluate, start, batch, log_key):
+    """Train ``cfg`` with ``trainer`` from the model ``start``: (output folder, ``evaluate`` before and after, the
+    logged ``log_key`` values, CPU seconds)."""
+    before = evaluate(start, cfg, batch)
+    cpu = time.process_time()
+    out = trainer.train(cfg)
+    cpu = time.process_time() - cpu
+    return out, before, evaluate(out, cfg, batch), _logged(out / "logs.jsonl", log_key), cpu
+
+
+def _ends(values):
+    return f"first {[round(v, 3) for v in values[:3]]} last {[round(v, 3) for v in values[-3:]]}"
 
 
 def test_idenet_then_ipnet_learn_the_blue_background_edit(tmp_path, tiny_face_pack):
@@ -99,13 +106,11 @@ def test_idenet_then_ipnet_learn_the_blue_background_edit(tmp_path, tiny_face_pa
     # ---- IDE-Net: ε + annealing identity loss, from the random tiny model
     icfg = IDENetConfig(model=str(model), output_dir=str(tmp_path / "idenet"), max_train_steps=IDENET_STEPS,
                         learning_rate=2e-3, identity_model=arcface, identity_weighting="annealing", **common)
-    ide_before = _idenet_eval(model, icfg, batch)
-    idenet, cpu_ide = _timed(train_idenet.train, icfg)
-    ide_after = _idenet_eval(idenet, icfg, batch)
-    ide_log = _logged(idenet / "logs.jsonl", "eps_loss")
+    idenet, ide_before, ide_after, ide_log, cpu_ide = _train(train_idenet, icfg, _idenet_eval, model, batch,
+                                                             "eps_loss")
     print(f"\nIDE-Net {IDENET_STEPS} steps ({cpu_ide:.1f} s CPU): eval eps {ide_before['eps']:.3f} -> "
           f"{ide_after['eps']:.3f}, identity {ide_before['identity']:.3f} -> {ide_after['identity']:.3f}; "
-          f"logged eps first {[round(v, 3) for v in ide_log[:3]]} last {[round(v, 3) for v in ide_log[-3:]]}")
+          f"logged eps {_ends(ide_log)}")
     assert ide_after["eps"] < 0.5 * ide_before["eps"]
     assert sum(ide_log[-5:]) / 5 < 0.6 * sum(ide_log[:5]) / 5
 
@@ -116,14 +121,11 @@ def test_idenet_then_ipnet_learn_the_blue_background_edit(tmp_path, tiny_face_pa
                        weights=LossWeights(adv=1.0, distill=1.0, sds=0.0, triplet=0.1, identity=0.1),
                        teacher_start="ddim-inversion", teacher_steps=4, teacher_text_guidance=1.0,
                        teacher_image_guidance=1.0, **common)
-    ip_before = _ipnet_eval(idenet, pcfg, batch)
-    ipnet, cpu_ip = _timed(train_ipnet.train, pcfg)
-    ip_after = _ipnet_eval(ipnet, pcfg, batch)
-    distill_log = _logged(ipnet / "logs.jsonl", "distill_loss")
+    _, ip_before, ip_after, distill_log, cpu_ip = _train(train_ipnet, pcfg, _ipnet_eval, idenet, batch,
+                                                         "distill_loss")
     print(f"IPNet {IPNET_STEPS} steps ({cpu_ip:.1f} s CPU): one-step latent MSE to target {ip_before['to_target']:.3f} "
           f"-> {ip_after['to_target']:.3f} (source to target: {ip_after['source_to_target']:.3f}); eval distill "
-          f"{ip_before['distill']:.3f} -> {ip_after['distill']:.3f}; logged distill first "
-          f"{[round(v, 3) for v in distill_log[:3]]} last {[round(v, 3) for v in distill_log[-3:]]}")
+          f"{ip_before['distill']:.3f} -> {ip_after['distill']:.3f}; logged distill {_ends(distill_log)}")
     assert ip_after["to_target"] < 0.5 * ip_before["to_target"]
     assert ip_after["distill"] < 0.5 * ip_before["distill"]
     assert sum(distill_log[-3:]) / 3 < 0.5 * sum(distill_log[:3]) / 3

@@ -460,3 +460,21 @@ def test_demo_models_are_listed_as_bundled(tmp_path, tiny_ipnet):
     assert 0 < rows["demo/ipnet-toy"].size_gb < 0.01
     assert rows["demo/broken"].state == "incomplete" and "unet/ (weights)" in rows["demo/broken"].missing
     assert models_cli.demo_model_statuses(tmp_path / "absent") == []
+
+
+def test_taesd_is_listed_and_found_in_the_cache(tmp_path, capsys):
+    """The real-time path's tiny VAE (`pipe.use_tiny_vae("taesd")`): listed by `models` (MIT, ~10 MB), fetched by
+    `download taesd` (offline: exit 3), counted as cached once its two files are in the Hub cache."""
+    from diffusers import AutoencoderTiny
+
+    spec = MODELS["taesd"]
+    code, out, err = run(capsys, "models", "--json", "--cache-dir", str(tmp_path / "hub"))
+    row = {r["key"]: r for r in json.loads(out)["models"]}["taesd"]
+    assert code == 0 and row["state"] == "missing" and row["licence"] == "MIT" and 0 < row["size_gb"] < 0.1
+    code, out, err = run(capsys, "download", "taesd", "--cache-dir", str(tmp_path / "hub"))
+    assert code == 3 and "error: taesd" in err
+    AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4).save_pretrained(
+        tmp_path / "taesd")
+    put_in_hub_cache(tmp_path / "hub", spec.repo_id, tmp_path / "taesd", OTHER_COMMIT)
+    code, out, err = run(capsys, "models", "--json", "--cache-dir", str(tmp_path / "hub"))
+    assert {r["key"]: r for r in json.loads(out)["models"]}["taesd"]["state"] == "cached"

@@ -210,3 +210,85 @@ def test_tiny_decoder_follows_the_pipeline_to_cuda_half(tiny_ipnet):
     out = pipe(portrait, "add a hat", generator=gen(), output_type="np").images
     assert out.shape == ref.shape and np.isfinite(out).all()
     assert np.abs(out - ref).mean() < 0.02
+
+
+def test_tiny_vae_on_both_sides_round_trips_and_switches_back(tiny_ipnet, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    from instantportrait.pipelines.tiny_vae import build_tiny_autoencoder
+
+    portrait = portrait_like_image(48, seed=3)
+    pipe = load_pipe(tiny_ipnet)
+    plain = pipe(portrait, "add a hat", generator=gen(), output_type="np").images
+    ae = build_tiny_autoencoder(pipe.vae, seed=0)
+    assert isinstance(ae, AutoencoderTiny) and tuple(ae.config.num_encoder_blocks) == (1, 3, 3, 3)  # 8x, as TAESD
+    ae.save_pretrained(tmp_path / "taesd-like")
+    assert (tmp_path / "taesd-like" / "diffusion_pytorch_model.safetensors").is_file()
+    fast = pipe.use_tiny_vae(ae)(portrait, "add a hat", generator=gen(), output_type="np").images
+    pixels = torch.rand(1, 3, 16, 16, generator=gen()) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.encode_image(pixels) * pipe.vae.config.scaling_factor, ae.encoder(pixels))
+    pipe.use_full_vae()
+    np.testing.assert_array_equal(pipe(portrait, "add a hat", generator=gen(), output_type="np").images, plain)
+    again = pipe.use_tiny_vae(str(tmp_path / "taesd-like"))(portrait, "add a hat", generator=gen(),
+                                                              output_type="np").images
+    np.testing.assert_allclose(again, fast, atol=1e-6)  # the folder loads to the same autoencoder
+    assert np.abs(fast - plain).mean() > 1e-3
+    pipe.use_full_decoder()  # the decoder alone goes back; the encoder stays tiny
+    assert pipe.tiny_decoder is None and pipe._tiny_encoder is not None
+
+
+def test_sd_config_gives_taesd_and_missing_taesd_fails_fast(tiny_ipnet, tmp_path):
+    import time
+
+    from diffusers import AutoencoderTiny
+
+    from instantportrait.config import MODELS
+    from instantportrait.pipelines.tiny_vae import build_tiny_autoencoder
+
+    sd = {"block_out_channels": [128, 256, 512, 512], "latent_channels": 4, "out_channels": 3}
+    ours, taesd = build_tiny_autoencoder(sd), AutoencoderTiny()
+    assert {k: v for k, v in ours.config.items() if not k.startswith("_")} == {
+        k: v for k, v in taesd.config.items() if not k.startswith("_")}
+    assert MODELS["taesd"].repo_id == "madebyollin/taesd" and MODELS["taesd"].licence == "MIT"
+    pipe = load_pipe(tiny_ipnet)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError, match="download taesd"):
+        pipe.use_tiny_vae("taesd")
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(ValueError, match="upsamples 4x"):
+        pipe.use_tiny_vae(build_tiny_autoencoder(tiny_vae(block_out_channels=(8, 16, 16))))  # 4x for an 8x VAE
+    with pytest.raises(ValueError, match="takes an AutoencoderTiny"):
+        pipe.use_tiny_vae(pipe.vae)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotAvailableError, match="no config.json"):
+        pipe.use_tiny_vae(tmp_path / "empty")
+    assert pipe.tiny_decoder is None and pipe._tiny_encoder is None  # refused: nothing changed
+
+
+def test_encoder_distillation_saves_an_autoencoder_tiny_and_measures_it(tiny_ipnet, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    args = ["--model", str(tiny_ipnet), "--steps", "30", "--lr", "3e-3", "--warmup-steps", "5", "--eval-images", "4",
+            "--size", "32", "--world-identities", "12", "--num-images", "32", "--batch-size", "8",
+            "--latency-repeats", "1", "--checkpoint-every", "20"]
+    out = ttd.main([*args, "--encoder", "--out", str(tmp_path / "pair")])
+    quality = json.loads((out / ttd.QUALITY_FILE).read_text())
+    enc = quality["encoder"]
+    assert enc["latent_l1_to_full"] > 0 and enc["gflop"]["tiny"] > 0 and set(enc["latency_ms"]) == {"full", "tiny"}
+    assert 0 < enc["tiny_encoder_tiny_decoder"]["l1_to_image"] < 1
+    assert "Tiny encoder (both VAE sides" in (out / "README.md").read_text()
+    ae = AutoencoderTiny.from_pretrained(out)  # loadable as diffusers' own class
+    assert torch.equal(ae.decoder.layers[0].weight, load_tiny_decoder(out).decoder.layers[0].weight)
+    pipe = load_pipe(tiny_ipnet).use_tiny_vae(out)
+    assert pipe(portrait_like_image(32), "add a hat", generator=gen(), output_type="pt").images.shape == (1, 3, 32, 32)
+    logs = [json.loads(line) for line in (out / "logs.jsonl").read_text().splitlines()]
+    first, last = next(r for r in logs if "encoder_l1" in r), [r for r in logs if "encoder_l1" in r][-1]
+    assert last["encoder_l1"] < first["encoder_l1"]  # the encoder learns
+    again = ttd.main(["--model", str(tiny_ipnet), "--evaluate", str(out), "--eval-images", "4", "--size", "32",
+                      "--world-identities", "12", "--latency-repeats", "1"])
+    assert again["encoder"]["latent_l1_to_full"] == pytest.approx(enc["latent_l1_to_full"])
+    # the decoder-only run is unchanged by the encoder's presence: the same decoder weights
+    alone = ttd.main([*args, "--eval-images", "0", "--out", str(tmp_path / "alone")])
+    a, b = load_file(str(alone / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE))
+    assert all(torch.equal(a[k], b[k]) for k in a)

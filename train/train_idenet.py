@@ -157,15 +157,17 @@ def load_base_pipeline(path: Path, dtype: torch.dtype = torch.float32) -> Any:
 
 
 def build_parts(pipe: Any, cfg: IDENetConfig, device: torch.device, frozen_dtype: torch.dtype,
-                unet: nn.Module | None = None) -> IDENetParts:
-    """Freeze and place the pipeline's VAE and text encoder, load the identity model, build the noise scheduler."""
+                unet: nn.Module | None = None, arcface: nn.Module | None = None) -> IDENetParts:
+    """Freeze and place the pipeline's VAE and text encoder, load the identity model (``arcface``: one already built,
+    e.g. random weights for ``train.step_cost``), build the noise scheduler."""
     from diffusers import DDPMScheduler
 
     for module in (pipe.vae, pipe.text_encoder):
         module.requires_grad_(False).eval().to(device)
         if frozen_dtype != torch.float32:
             module.to(dtype=frozen_dtype)
-    arcface = load_identity_model(cfg.identity_model, device) if cfg.uses_identity else None
+    if arcface is None and cfg.uses_identity:
+        arcface = load_identity_model(cfg.identity_model, device)
     null = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], device)  # (1, L, D)
     return IDENetParts(unet=unet if unet is not None else pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
                        tokenizer=pipe.tokenizer, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
@@ -197,6 +199,18 @@ def save_idenet(unet: nn.Module, base_path: Path, cfg: IDENetConfig, out: Path, 
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def idenet_turn(cfg: IDENetConfig, parts: IDENetParts, unet: nn.Module) -> Turn:
+    """IDE-Net's one turn: :func:`idenet_losses` on the prepared (possibly DDP-wrapped) UNet, :func:`total_loss`,
+    an optimiser over ``unet``'s trainable parameters, with EMA (``train`` and ``train.step_cost`` both use it)."""
+
+    def losses(model: nn.Module, batch: dict[str, Any], gen: torch.Generator, step: int, micro: int
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return idenet_losses(replace(parts, unet=model), batch, cfg, gen, step)  # the prepared (DDP) UNet
+
+    return Turn(STREAM, losses, lambda terms: total_loss(terms, cfg), trainable(unet), cfg.learning_rate,
+                cfg.max_train_steps, ema=True)
+
+
 def train(cfg: IDENetConfig) -> Path:
     """Train IDE-Net as ``cfg`` says; returns the output folder (a loadable pipeline)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -216,10 +230,6 @@ def train(cfg: IDENetConfig) -> Path:
         pipe.vae.enable_gradient_checkpointing()  # the identity loss backpropagates through the decoder
     parts = build_parts(pipe, cfg, trainer.device, weight_dtype(cfg.mixed_precision))
 
-    def losses(model: nn.Module, batch: dict[str, Any], gen: torch.Generator, step: int, micro: int
-               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        return idenet_losses(replace(parts, unet=model), batch, cfg, gen, step)  # the prepared (DDP) UNet
-
     def edit(images: list, prompts: list[str], generator: torch.Generator) -> list:
         val_pipe = StableDiffusionInstructPix2PixPipeline(
             vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet,
@@ -229,10 +239,8 @@ def train(cfg: IDENetConfig) -> Path:
                         guidance_scale=cfg.validation_guidance_scale,
                         image_guidance_scale=cfg.validation_image_guidance_scale, generator=generator).images
 
-    turn = Turn(STREAM, losses, lambda terms: total_loss(terms, cfg), trainable(unet), cfg.learning_rate,
-                cfg.max_train_steps, ema=True)
     return trainer.run(TrainerParts(
-        "idenet", model=unet, unet=unet, dataset=dataset, turns=[turn], edit=edit,
+        "idenet", model=unet, unet=unet, dataset=dataset, turns=[idenet_turn(cfg, parts, unet)], edit=edit,
         save=lambda final: save_idenet(final, base_path, cfg, trainer.out, dataset.info),
         info={"base_model": str(base_path),
               "identity_model": cfg.identity_model if parts.arcface is not None else None}))

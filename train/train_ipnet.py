@@ -483,6 +483,17 @@ def build_wrapper(cfg: IPNetConfig, device: torch.device, frozen_dtype: torch.dt
     if teacher.config.in_channels != student.unet.config.in_channels:
         raise ValueError(f"the teacher {teacher_path} is not an InstructPix2Pix-format UNet "
                          f"({teacher.config.in_channels} input channels)")
+    wrapper, desc = assemble_wrapper(cfg, student, teacher, device, frozen_dtype)
+    return wrapper, init_path, desc
+
+
+def assemble_wrapper(cfg: IPNetConfig, student: InstantPortraitPipeline, teacher: nn.Module, device: torch.device,
+                     frozen_dtype: torch.dtype, arcface: nn.Module | None = None,
+                     features: tuple[FeatureFn | None, int, str] | None = None) -> tuple[IPNetWrapper, str]:
+    """``(wrapper, triplet feature description)`` from loaded networks (what :func:`build_wrapper` does after
+    loading; ``train.step_cost`` passes random-weight ones): place and freeze them, gradient checkpointing, the
+    discriminator, then the identity model and the triplet features (``arcface`` / ``features``, as
+    :func:`make_triplet_features` returns them, when given; else loaded as ``cfg`` says), the loss settings."""
     student.unet.to(device)
     for module in (teacher, student.vae, student.text_encoder):
         module.requires_grad_(False).eval().to(device)
@@ -493,11 +504,13 @@ def build_wrapper(cfg: IPNetConfig, device: torch.device, frozen_dtype: torch.dt
         teacher.enable_gradient_checkpointing()  # the adversarial term backpropagates through its encoder
         student.vae.enable_gradient_checkpointing()
     disc = build_discriminator(teacher, student.scheduler, cfg).to(device) if cfg.uses_adversarial else None
-    arcface = load_identity_model(cfg.identity_model, device) if cfg.weights.identity > 0 else None
-    features, crop, desc = (make_triplet_features(cfg, student.vae, device) if cfg.weights.triplet > 0
-                            else (None, min(cfg.resolution, 224), "off"))
-    settings = IPNetLossSettings.from_config(cfg, crop)
-    return IPNetWrapper(student, teacher, disc, arcface, features, settings), init_path, desc
+    if arcface is None and cfg.weights.identity > 0:
+        arcface = load_identity_model(cfg.identity_model, device)
+    if features is None:
+        features = (make_triplet_features(cfg, student.vae, device) if cfg.weights.triplet > 0
+                    else (None, min(cfg.resolution, 224), "off"))
+    settings = IPNetLossSettings.from_config(cfg, features[1])
+    return IPNetWrapper(student, teacher, disc, arcface, features[0], settings), features[2]
 
 
 def save_ipnet(student_unet: nn.Module, init_path: Path, cfg: IPNetConfig, out: Path,
@@ -523,6 +536,22 @@ def train(cfg: IPNetConfig) -> Path:
     wrapper, init_path, triplet_desc = build_wrapper(cfg, trainer.device, weight_dtype(cfg.mixed_precision))
     dataset = PairedEditDataset(cfg.dataset, cfg.resolution, hflip=cfg.hflip, seed=cfg.seed)
     disc = wrapper.discriminator
+
+    def edit(images: list, prompts: list[str], generator: torch.Generator) -> list:
+        return wrapper.pipe(images, prompts, num_inference_steps=1, generator=generator).images
+
+    return trainer.run(TrainerParts(
+        "ipnet", model=wrapper, unet=wrapper.student_unet, dataset=dataset, turns=ipnet_turns(cfg, wrapper),
+        edit=edit, save=lambda final: save_ipnet(final, init_path, cfg, trainer.out, dataset.info),
+        modules={DISC_FILE: disc} if disc is not None else {},
+        info={"teacher": str(cfg.model), "student_init": str(init_path), "loss_weights": cfg.weights.active(),
+              "triplet_features": triplet_desc, "discriminator": cfg.discriminator if disc is not None else None}))
+
+
+def ipnet_turns(cfg: IPNetConfig, wrapper: IPNetWrapper) -> list[Turn]:
+    """The generator turn (every ``gen_update_ratio`` steps, EMA) and, with a discriminator, its turn on the same
+    micro-batch's student output (DMD2); ``train`` and ``train.step_cost`` both use them."""
+    disc = wrapper.discriminator
     gen_weights = cfg.weights.active()
     handed: dict[tuple[int, int], dict[str, Any]] = {}  # (step, micro) -> the generator turn's output, for DMD2's
     # discriminator turn on the same micro-batch (without it, the discriminator turn draws a fresh student output)
@@ -547,16 +576,7 @@ def train(cfg: IPNetConfig) -> Path:
         turns.append(Turn("ipnet-d", discriminator_losses, lambda terms: terms["disc"], trainable(disc),
                           cfg.disc_learning_rate, cfg.max_train_steps, loss_key="loss_d", state_key="d_lr_scheduler",
                           grad_norm_key=None))
-
-    def edit(images: list, prompts: list[str], generator: torch.Generator) -> list:
-        return wrapper.pipe(images, prompts, num_inference_steps=1, generator=generator).images
-
-    return trainer.run(TrainerParts(
-        "ipnet", model=wrapper, unet=wrapper.student_unet, dataset=dataset, turns=turns, edit=edit,
-        save=lambda final: save_ipnet(final, init_path, cfg, trainer.out, dataset.info),
-        modules={DISC_FILE: disc} if disc is not None else {},
-        info={"teacher": str(cfg.model), "student_init": str(init_path), "loss_weights": gen_weights,
-              "triplet_features": triplet_desc, "discriminator": cfg.discriminator if disc is not None else None}))
+    return turns
 
 
 def main(argv: list[str] | None = None) -> Path:

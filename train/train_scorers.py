@@ -51,25 +51,17 @@ from typing import Any
 import torch
 
 from instantportrait.demo import World
+from train.scorers import clip, data, face
 from train.scorers.cards import clip_card, face_card
-from train.scorers.clip import clip_pixels, evaluate_clip, save_clip, train_clip
-from train.scorers.data import CLIP_DIR, CLIP_FILE, DET_FILE, FACE_PACK_DIR, REC_FILE, ScorerConfig, build_pool
-from train.scorers.face import (
-    DetectorNet,
-    IdentityNet,
-    SCRFDLayout,
-    arcface_crop,
-    blank_images,
-    evaluate_face_pack,
-    export_face_pack,
-    train_detector,
-    train_identity,
-)
+from train.scorers.clip import clip_pixels
+from train.scorers.data import CLIP_DIR, CLIP_FILE, DET_FILE, FACE_PACK_DIR, REC_FILE, Schedule, ScorerConfig
+from train.scorers.face import DetectorNet, IdentityNet, SCRFDLayout, arcface_crop, blank_images, export_face_pack
 
 # What the tests and train.demo use from here (the rest: train.scorers.data / face / clip / cards).
 __all__ = [
     "CLIP_DIR", "CLIP_FILE", "DET_FILE", "FACE_PACK_DIR", "REC_FILE", "DetectorNet", "IdentityNet", "SCRFDLayout",
-    "ScorerConfig", "arcface_crop", "blank_images", "clip_pixels", "export_face_pack", "main", "train_scorers",
+    "Schedule", "ScorerConfig", "arcface_crop", "blank_images", "clip_pixels", "export_face_pack", "main",
+    "train_scorers",
 ]
 
 
@@ -83,33 +75,33 @@ def train_scorers(out: str | Path, cfg: ScorerConfig, *, log: Any = print) -> di
     t0 = time.time()
     timings: dict[str, float] = {}
     log(f"rendering the pool: the demo world's train people + {cfg.aux_identities} others, {cfg.views} scenes x 2 ...")
-    pool = build_pool(cfg)
+    pool = data.build_pool(cfg)
     timings["render_s"] = time.time() - t0
     log(f"  {len(pool)} images of {pool.num_classes} people ({timings['render_s']:.0f} s)")
 
     t = time.time()
     log("training the detector ...")
-    det = train_detector(pool, cfg, log)
+    det = face.train_detector(pool, cfg, log)
     timings["detector_s"] = time.time() - t
     t = time.time()
     log("training the identity encoder ...")
-    rec = train_identity(pool, cfg, log)
+    rec = face.train_identity(pool, cfg, log)
     timings["identity_s"] = time.time() - t
     pack = export_face_pack(det, rec, out / FACE_PACK_DIR, cfg.det_resolution)
 
     t = time.time()
     log("training CLIP ...")
-    clip_model = train_clip(pool, cfg, log)
+    clip_model = clip.train_clip(pool, cfg, log)
     timings["clip_s"] = time.time() - t
-    clip_path = save_clip(clip_model, out / CLIP_DIR / CLIP_FILE)
+    clip_path = clip.save_clip(clip_model, out / CLIP_DIR / CLIP_FILE)
     train_seconds = time.time() - t0
 
     t = time.time()
     log("evaluating on the demo world's test split ...")
     world = World(cfg.world_seed, cfg.num_identities, size=cfg.image_size)
     samples = list(world.samples("test", cfg.eval_samples))
-    face_metrics = evaluate_face_pack(pack, samples, n_blank=cfg.eval_blank)
-    clip_metrics = evaluate_clip(clip_path, samples)
+    face_metrics = face.evaluate_face_pack(pack, samples, n_blank=cfg.eval_blank)
+    clip_metrics = clip.evaluate_clip(clip_path, samples)
     timings["eval_s"] = time.time() - t
     size_mb = clip_path.stat().st_size / 1e6
     (pack / "README.md").write_text(face_card(cfg, face_metrics, train_seconds), encoding="utf-8")

@@ -23,6 +23,13 @@ samples of the world; their sources and targets are encoded (posterior mode) and
 PSNR of tiny vs full, and each vs the original image (pixels in [0, 1]); when ``--model`` is an
 ``InstantPortraitPipeline`` folder, also its one-step edits of the test sources decoded both ways (L1 to the
 rendered target). Latency: one image, median over ``--latency-repeats`` calls after warm-up, on ``--device``.
+
+``--encoder`` also distils a TAESD-layout encoder (diffusers' ``EncoderTiny``) from the VAE's encoder (L1 + MSE onto
+the scaled posterior mean of each training image, its own optimiser and random stream) and saves the pair as an
+``AutoencoderTiny`` folder in ``<out>`` (``config.json`` + ``diffusion_pytorch_model.safetensors``, beside the
+decoder's files) for ``pipe.use_tiny_vae(out)``; the evaluation then adds the encoder's quality cost (latent L1 to
+the full encoder; images through tiny encoder + full decoder and tiny encoder + tiny decoder). ``--evaluate FOLDER``
+measures the encoder too when FOLDER holds such an ``AutoencoderTiny``.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from instantportrait.pipelines.tiny_decoder import (
     read_tiny_decoder_info,
     save_tiny_decoder,
 )
+from instantportrait.pipelines.tiny_vae import AE_CONFIG_FILE, build_tiny_autoencoder, load_tiny_vae
 from train.common import LOG_FILE, JsonlLogger, resolve_model_path, step_generator
 from train.loops import backward_step
 
@@ -87,6 +95,7 @@ class DistillConfig:
     log_every: int = 50
     resume: bool = True
     device: str = "auto"
+    encoder: bool = False  # also distil a TAESD-layout encoder and save an AutoencoderTiny folder
 
     def __post_init__(self) -> None:
         if self.num_blocks is not None:
@@ -221,9 +230,27 @@ def distill_step(tiny: TinyDecoder, teacher: Teacher, optimizer: torch.optim.Opt
     return {"loss": float(loss.detach()), **logs, "lr": lr}
 
 
+def encoder_step(encoder: torch.nn.Module, teacher: Teacher, optimizer: torch.optim.Optimizer, step: int,
+                 cfg: DistillConfig) -> dict[str, float]:
+    """One optimiser step of the tiny encoder onto the full encoder's scaled posterior mean (what the pipeline's
+    ``encode_image`` gives, times the scaling factor). Its own random stream: the decoder's run is unchanged."""
+    device = teacher.mean.device
+    gen = step_generator(cfg.seed, "tiny-encoder", step, 0, 0)
+    idx = torch.randint(0, len(teacher), (cfg.batch_size,), generator=gen)
+    pixels = to_pixels(teacher.images[idx]).to(device)  # (B, 3, H, W) in [-1, 1]
+    target = teacher.mean[idx.to(device)] * teacher.sf  # (B, C, h, w), scaled
+    out = encoder(pixels).float()  # (B, C, h, w)
+    l1, mse = (out - target).abs().mean(), (out - target).pow(2).mean()
+    lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    backward_step(optimizer, l1 + mse)
+    return {"encoder_l1": float(l1.detach()), "encoder_mse": float(mse.detach())}
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(folder: Path, tiny: TinyDecoder, optimizer: torch.optim.Optimizer, step: int,
-                    cfg: DistillConfig) -> None:
+                    cfg: DistillConfig, encoder: tuple | None = None) -> None:
     """``folder/step-<s>.safetensors`` + ``optimizer-<s>.pt``, then ``state.json`` (replaced atomically) points at
     them; older files go after. A crash at any point leaves a complete checkpoint or the previous one."""
     from safetensors.torch import save_file
@@ -232,16 +259,20 @@ def save_checkpoint(folder: Path, tiny: TinyDecoder, optimizer: torch.optim.Opti
     save_file({k: v.detach().contiguous().cpu() for k, v in tiny.state_dict().items()},
               str(folder / f"step-{step}.safetensors"))
     torch.save(optimizer.state_dict(), folder / f"optimizer-{step}.pt")
+    if encoder is not None:  # (EncoderTiny, its optimiser)
+        save_file({k: v.detach().contiguous().cpu() for k, v in encoder[0].state_dict().items()},
+                  str(folder / f"encoder-step-{step}.safetensors"))
+        torch.save(encoder[1].state_dict(), folder / f"encoder-optimizer-{step}.pt")
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps({"step": step, "config": cfg.key()}, indent=1))
     tmp.replace(folder / "state.json")
     for f in folder.iterdir():
-        if f.name.startswith(("step-", "optimizer-")) and f.stem.split("-")[-1] != str(step):
+        if f.name.startswith(("step-", "optimizer-", "encoder-")) and f.stem.split("-")[-1] != str(step):
             f.unlink()
 
 
 def load_checkpoint(folder: Path, tiny: TinyDecoder, optimizer: torch.optim.Optimizer,
-                    cfg: DistillConfig) -> int:
+                    cfg: DistillConfig, encoder: tuple | None = None) -> int:
     """Restore the checkpoint in ``folder``; returns its step (0 when there is none). A checkpoint of other
     settings raises ``ValueError`` (use another ``--out`` or ``--no-resume``)."""
     from safetensors.torch import load_file
@@ -257,6 +288,9 @@ def load_checkpoint(folder: Path, tiny: TinyDecoder, optimizer: torch.optim.Opti
     step = int(state["step"])
     tiny.load_state_dict(load_file(str(folder / f"step-{step}.safetensors")))
     optimizer.load_state_dict(torch.load(folder / f"optimizer-{step}.pt", weights_only=True))
+    if encoder is not None:
+        encoder[0].load_state_dict(load_file(str(folder / f"encoder-step-{step}.safetensors")))
+        encoder[1].load_state_dict(torch.load(folder / f"encoder-optimizer-{step}.pt", weights_only=True))
     return step
 
 
@@ -281,7 +315,11 @@ def train(cfg: DistillConfig) -> Path:
     vae = load_vae(cfg.model, device)
     tiny = build_tiny_decoder(vae, width=cfg.width, num_blocks=cfg.num_blocks, seed=cfg.seed).to(device).train()
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = load_checkpoint(ckpt, tiny, optimizer, cfg)
+    enc = None  # (EncoderTiny, its optimiser) with --encoder
+    if cfg.encoder:
+        encoder = build_tiny_autoencoder(vae, width=cfg.width, seed=cfg.seed + 1).encoder.to(device).train()
+        enc = (encoder, torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay))
+    start = load_checkpoint(ckpt, tiny, optimizer, cfg, enc)
     t0 = time.perf_counter()
     teacher = Teacher(vae, training_images(cfg), device)
     log.log({"event": "resume" if start else "start", "step": start, "config": asdict(cfg),
@@ -291,27 +329,41 @@ def train(cfg: DistillConfig) -> Path:
     t0 = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         logs = distill_step(tiny, teacher, optimizer, step, cfg)
+        if enc is not None:
+            logs.update(encoder_step(enc[0], teacher, enc[1], step, cfg))
         if step % cfg.log_every == 0 or step in (start + 1, cfg.steps):
             log.log({"step": step, **logs})
             print(f"[tiny-decoder] step {step} loss {logs['loss']:.4f} L1 {logs['l1_to_full']:.4f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_checkpoint(ckpt, tiny, optimizer, step, cfg)
+            save_checkpoint(ckpt, tiny, optimizer, step, cfg, enc)
     tiny.eval()
+    finish(cfg, tiny, None if enc is None else enc[0].eval(), len(teacher), device, log)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return out
 
+
+def finish(cfg: DistillConfig, tiny: TinyDecoder, encoder: torch.nn.Module | None, num_images: int,
+           device: torch.device, log: JsonlLogger) -> None:
+    """Save the decoder (and, with an encoder, the ``AutoencoderTiny`` pair) into ``cfg.out``, then evaluate."""
+    out = Path(cfg.out)
     info: dict[str, Any] = {
         "name": "Tiny latent decoder", "distilled_from": cfg.model,
-        "training": (f"{cfg.steps} steps x {cfg.batch_size} latents of {len(teacher)} images ({cfg.images}, "
+        "training": (f"{cfg.steps} steps x {cfg.batch_size} latents of {num_images} images ({cfg.images}, "
                      f"{cfg.size} px), L1 + MSE onto the full decoder's output"
                      + (f" + {cfg.image_weight} x (L1 + MSE) onto the image" if cfg.image_weight else "")
                      + f", posterior samples x {cfg.latent_noise}, AdamW lr {cfg.lr} cosine, seed {cfg.seed} "
                      "(`python -m train.train_tiny_decoder`)"),
         "train_config": asdict(cfg)}
     save_tiny_decoder(tiny, out, info)
+    if encoder is not None:
+        ae = build_tiny_autoencoder(None, decoder=tiny)
+        ae.encoder.load_state_dict(encoder.state_dict())
+        ae.save_pretrained(out, safe_serialization=True)  # config.json + diffusion_pytorch_model.safetensors
     if cfg.eval_images:
         quality = evaluate(tiny, cfg.model, n=cfg.eval_images, size=cfg.size, world_seed=cfg.world_seed,
                            world_identities=cfg.world_identities, device=device,
-                           latency_repeats=cfg.latency_repeats)
+                           latency_repeats=cfg.latency_repeats, encoder=encoder)
         info["quality"] = quality
         save_tiny_decoder(tiny, out, info)
         (out / QUALITY_FILE).write_text(json.dumps(quality, indent=2) + "\n")
@@ -319,8 +371,6 @@ def train(cfg: DistillConfig) -> Path:
                                            for n, v in m.items()}})
         print(format_quality(quality), flush=True)
     log.log({"event": "done", "step": cfg.steps, "model": str(out)})
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -370,8 +420,9 @@ def _ipnet_folder(model: str) -> Path | None:
 @torch.no_grad()
 def evaluate(tiny: TinyDecoder, model: str, *, n: int = 64, size: int = 64, world_seed: int = 0,
              world_identities: int = 120, device: torch.device | str = "cpu", latency_repeats: int = 20,
-             edits: bool = True, batch: int = 16) -> dict[str, Any]:
-    """The quality cost of ``tiny`` against the full decoder of ``model`` on ``n`` held-out world *test* samples.
+             edits: bool = True, batch: int = 16, encoder: torch.nn.Module | None = None) -> dict[str, Any]:
+    """The quality cost of ``tiny`` against the full decoder of ``model`` on ``n`` held-out world *test* samples
+    (and of a tiny ``encoder`` against the full encoder, under ``"encoder"``: see ``encoder_quality``).
 
     Returns ``{"reconstruction": {"full": {l1_to_image, psnr_to_image}, "tiny": {l1_to_full, psnr_to_full,
     l1_to_image, psnr_to_image}}, "edits": {...} | None, "latency_ms": {full, tiny}, "gflop": {full, tiny}, ...}``
@@ -438,8 +489,42 @@ def evaluate(tiny: TinyDecoder, model: str, *, n: int = 64, size: int = 64, worl
     full_modules = [m for m in (vae.post_quant_conv, vae.decoder) if m is not None]
     result["params"] = {"full": sum(p.numel() for m in full_modules for p in m.parameters()),
                         "tiny": sum(p.numel() for p in tiny.parameters())}
+    if encoder is not None:
+        result["encoder"] = encoder_quality(encoder.to(device).eval(), vae, images, tiny, full, batch,
+                                            latency_repeats)
     result.update(device=str(device), threads=torch.get_num_threads(), latency_repeats=latency_repeats)
     return result
+
+
+@torch.no_grad()
+def encoder_quality(encoder: torch.nn.Module, vae: Any, images: torch.Tensor, tiny: TinyDecoder, full: Any,
+                    batch: int, latency_repeats: int) -> dict[str, Any]:
+    """A tiny encoder's cost on the evaluation images (pixels (N, 3, H, W) in [-1, 1]): mean latent L1 to the full
+    encoder's scaled mode, and the images through tiny encoder + full decoder and tiny encoder + tiny decoder (L1 and
+    PSNR to the image, pixels in [0, 1]); latency and GFLOP of both encoders for one image."""
+    device, sf = next(tiny.parameters()).device, float(vae.config.scaling_factor)
+
+    def full_enc(x: torch.Tensor) -> torch.Tensor:  # what encode_image gives, scaled
+        return vae.encode(x.to(vae.dtype)).latent_dist.mode().float() * sf
+
+    def tiny_enc(x: torch.Tensor) -> torch.Tensor:
+        return encoder(x.to(next(encoder.parameters()).dtype)).float()
+
+    lat_l1, via_full, via_tiny = [], [], []
+    for i in range(0, images.shape[0], batch):
+        x = images[i:i + batch].to(device)  # (b, 3, H, W)
+        z = tiny_enc(x)  # (b, C, h, w), scaled
+        lat_l1.append((z - full_enc(x)).abs().flatten(1).mean(1).cpu())
+        via_full.append(full(z).cpu())
+        via_tiny.append(tiny.decode(z).float().cpu())
+    (l1_f, psnr_f), (l1_t, psnr_t) = _l1_psnr(torch.cat(via_full), images), _l1_psnr(torch.cat(via_tiny), images)
+    x1 = images[:1].to(device)
+    return {"latent_l1_to_full": float(torch.cat(lat_l1).mean()),
+            "tiny_encoder_full_decoder": {"l1_to_image": l1_f, "psnr_to_image": psnr_f},
+            "tiny_encoder_tiny_decoder": {"l1_to_image": l1_t, "psnr_to_image": psnr_t},
+            "latency_ms": {"full": _median_ms(full_enc, x1, latency_repeats),
+                           "tiny": _median_ms(tiny_enc, x1, latency_repeats)},
+            "gflop": {"full": _gflop(full_enc, x1), "tiny": _gflop(tiny_enc, x1)}}
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -453,13 +538,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[DistillConfig, Path | Non
     p.add_argument("--blocks", default=None, help="blocks per stage, e.g. 3,3,1 (default: TAESD's rule)")
     defaults = DistillConfig(model="", out="")
     for f in fields(DistillConfig):
-        if f.name in ("model", "out", "images", "num_blocks", "resume"):
+        if f.name in ("model", "out", "images", "num_blocks", "resume", "encoder"):
             continue
         flag = "--" + f.name.replace("_", "-")
         value = getattr(defaults, f.name)
         kind = int if f.name == "width" else type(value)
         p.add_argument(flag, type=kind, default=value)
     p.add_argument("--no-resume", action="store_true", help="ignore (and delete) a checkpoint in --out")
+    p.add_argument("--encoder", action="store_true",
+                   help="also distil a TAESD-layout encoder; save an AutoencoderTiny folder (pipe.use_tiny_vae)")
     args = p.parse_args(argv)
     if args.evaluate is None and not args.out:
         p.error("--out is required (or --evaluate FOLDER)")
@@ -475,9 +562,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | Path:
     if evaluate_folder is None:
         return train(cfg)
     tiny = load_tiny_decoder(evaluate_folder)
+    pair = (evaluate_folder / AE_CONFIG_FILE).is_file()  # an AutoencoderTiny saved beside the decoder
     quality = evaluate(tiny, cfg.model, n=cfg.eval_images, size=cfg.size, world_seed=cfg.world_seed,
                        world_identities=cfg.world_identities, device=resolve_device(cfg.device),
-                       latency_repeats=cfg.latency_repeats)
+                       latency_repeats=cfg.latency_repeats,
+                       encoder=load_tiny_vae(evaluate_folder).encoder if pair else None)
     trained_from = read_tiny_decoder_info(evaluate_folder)["info"].get("distilled_from")
     print(f"tiny decoder {evaluate_folder} (distilled from {trained_from}) vs the full decoder of {cfg.model}:")
     print(format_quality(quality))

@@ -123,7 +123,9 @@ class Trainer:
         self.model: nn.Module | None = None  # the prepared model
         self.ema: Any = None
 
-    def run(self, parts: TrainerParts) -> Path:
+    def prepare(self, parts: TrainerParts) -> None:
+        """Optimisers and LR schedulers of the turns, the EMA, ``accelerator.prepare`` and the checkpoint hooks: what
+        ``run`` sets up before its loop (``train.step_cost`` times :meth:`train_step` after it, on the same set-up)."""
         cfg, acc = self.cfg, self.accelerator
         self.parts = parts
         for turn in parts.turns:
@@ -137,6 +139,10 @@ class Trainer:
             turn.optimizer = optimizer
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
+
+    def run(self, parts: TrainerParts) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        self.prepare(parts)
         start_step = self._resume()
         if acc.is_main_process:
             save_config(cfg, self.out / CONFIG_FILE)
@@ -191,7 +197,7 @@ class Trainer:
         return {turn.state_key: turn.lr_scheduler.state_dict() for turn in self.parts.turns}
 
     # ------------------------------------------------------------------ one step
-    def _train_step(self, micro: list[dict[str, Any]], step: int) -> dict[str, float]:
+    def train_step(self, micro: list[dict[str, Any]], step: int) -> dict[str, float]:
         """One optimiser step of every due turn over ``micro`` (the step's micro-batches, on the device)."""
         self.model.train()
         logs: dict[str, float] = {}
@@ -271,7 +277,7 @@ class Trainer:
         step = start_step
         for step in range(start_step + 1, cfg.max_train_steps + 1):
             micro = [to_device(next(batches), acc.device) for _ in range(accum)]
-            logs = self._train_step(micro, step)
+            logs = self.train_step(micro, step)
             progress.update(1)
             progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k.startswith("loss")}, refresh=False)
             if step % cfg.log_every == 0 or step == start_step + 1 or step == cfg.max_train_steps:

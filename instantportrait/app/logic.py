@@ -6,7 +6,9 @@ One request (:class:`EditRequest`: an image, an instruction, methods, seed and s
 1. the image is read safely (:mod:`instantportrait.imageio`: EXIF orientation, any mode to RGB, large images
    downscaled, a non-image refused with one message);
 2. the instruction is checked (empty: refused) and truncated to the text encoder's 77 CLIP tokens with a notice;
-3. faces are found in the input (none: editing goes on, identity similarity is n/a; several: the largest is used);
+3. faces are found in the input (none: editing goes on, identity similarity is n/a; several: the largest is used)
+   with the face model that fits the input: the toy demo pack for the app's demo-world examples (recognised by their
+   pixels), the real one (buffalo_l, else dlib) for anything else; every tile and table row names it;
 4. each method runs through the registry's ``Editor.edit`` (loaded lazily by :class:`~.manager.ModelManager`),
    timed, and scored with the benchmark's own scorers (identity similarity, CLIP-T). A method that cannot run
    gets its reason instead of an image; the others still run.
@@ -18,6 +20,7 @@ sources, the model manager, the scorers).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import tempfile
@@ -36,7 +39,8 @@ from instantportrait.app.scoring import Scorers, SourceFaces
 from instantportrait.app.settings import AppSettings
 from instantportrait.errors import InstantPortraitError, InvalidImageError, ModelNotAvailableError
 from instantportrait.imageio import LoadedImage, load_image, prepare_image
-from instantportrait.methods import EditSettings, list_methods
+from instantportrait.methods import EditSettings
+from instantportrait.methods.reference import editing_methods
 from instantportrait.methods.sources import (
     TINY_LABEL,
     Kind,
@@ -177,6 +181,7 @@ class MethodResult:
     load_seconds: float = 0.0
     id_sim: float | None = None
     id_note: str | None = None  # why ID-sim is n/a
+    id_backend: str | None = None  # the face model behind ID-sim ("dlib", "insightface:buffalo_l", "toy:...")
     clip_t: float | None = None
     clip_note: str | None = None  # why CLIP-T is n/a
     error: str | None = None
@@ -191,7 +196,9 @@ class MethodResult:
         if not self.ok:
             return f"{head}  \n**Cannot run here:** {self.error}"
         nfe = f"{self.nfe} network evaluation{'s' if self.nfe != 1 else ''}" if self.nfe is not None else "NFE n/a"
-        lines = [head, f"{nfe} · {self.latency_ms:.0f} ms · ID-sim {_fmt(self.id_sim)} · CLIP-T {_fmt(self.clip_t)}"]
+        id_model = f" ({self.id_backend})" if self.id_backend else ""
+        lines = [head, f"{nfe} · {self.latency_ms:.0f} ms · ID-sim {_fmt(self.id_sim)}{id_model} · "
+                       f"CLIP-T {_fmt(self.clip_t)}"]
         notes = []
         if self.id_sim is None and self.id_note:
             notes.append(f"ID-sim n/a: {self.id_note}")
@@ -213,12 +220,13 @@ class MethodResult:
             "network evaluations": self.nfe if self.nfe is not None else "n/a",
             "latency (ms)": round(self.latency_ms) if self.latency_ms is not None else "n/a",
             "ID-sim": round(self.id_sim, 3) if self.id_sim is not None else "n/a",
+            "ID model": self.id_backend or "n/a",
             "CLIP-T": round(self.clip_t, 3) if self.clip_t is not None else "n/a",
             "status": "ok" if self.ok else f"cannot run: {self.error}"[:160],
         }
 
 
-TABLE_COLUMNS = ("method", "model", "network evaluations", "latency (ms)", "ID-sim", "CLIP-T", "status")
+TABLE_COLUMNS = ("method", "model", "network evaluations", "latency (ms)", "ID-sim", "ID model", "CLIP-T", "status")
 
 
 @dataclass
@@ -292,6 +300,8 @@ class EditService:
         self.scorers = scorers
         self.work_dir = work_dir
         self.tokens = TokenCounter()
+        self._demo_world_lock = threading.Lock()
+        self._demo_world: frozenset[str] | None = None  # pixel digests of the demo-world examples, made once
 
     @classmethod
     def create(cls, settings: AppSettings) -> EditService:
@@ -300,12 +310,13 @@ class EditService:
         _quiet_progress_bars()
         work_dir = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix="instantportrait-"))
         work_dir.mkdir(parents=True, exist_ok=True)
-        methods = list_methods()
+        methods = editing_methods()  # not the benchmark's "no-edit" reference row: a tile that never edits
 
         def policy(tiny: TinyModels | None) -> SourcePolicy:
             return SourcePolicy(sources=settings.sources, overrides=method_overrides(methods, settings.models),
                                 demo_root=settings.demo_root, tiny=tiny, device=settings.torch_device,
-                                dtype=settings.torch_dtype, fallback_resolution=settings.resolution)
+                                dtype=settings.torch_dtype, fallback_resolution=settings.resolution,
+                                offload=settings.offload)
 
         app_policy = policy(TinyModels(work_dir / "tiny") if settings.allows_tiny else None)
         sources = resolve_sources(methods, app_policy)
@@ -365,6 +376,21 @@ class EditService:
         return "\n\n".join(lines)
 
     # ------------------------------------------------------------------ one request
+    def is_demo_world(self, image: PIL.Image.Image) -> bool:
+        """Whether ``image`` is one of the app's demo-world examples (``write_demo_world_examples`` in
+        ``work_dir/examples``, compared by pixels, so gradio's copy of the file counts): those synthetic portraits
+        are scored with the toy pack made for them. Only asked when the scorer has that pack (default face pack)."""
+        if self.scorers.face_demo is None:
+            return False
+        with self._demo_world_lock:
+            if self._demo_world is None:
+                from instantportrait.demo.examples import write_demo_world_examples
+
+                rows = write_demo_world_examples(self.work_dir / "examples")  # the files app.py shows, or the same
+                self._demo_world = frozenset(_pixel_digest(prepare_input(str(path), self.settings.max_side).image)
+                                             for path, _ in rows)
+        return _pixel_digest(image) in self._demo_world
+
     def check_request(self, request: EditRequest) -> tuple[LoadedImage | None, str, list[str]]:
         """Validate the inputs: (loaded image, stripped instruction, errors)."""
         errors: list[str] = []
@@ -415,7 +441,7 @@ class EditService:
                                    f"end tokens included), so it was truncated to “{fitted}”.")
         result.instruction = fitted
 
-        faces = self.scorers.source_faces(loaded.image)
+        faces = self.scorers.source_faces(loaded.image, demo_world=self.is_demo_world(loaded.image))
         if faces.face is None:
             if faces.reason == "no face detected in the input":
                 result.warnings.append("No face was detected in the input: editing anyway, identity similarity is "
@@ -470,8 +496,15 @@ class EditService:
             out.error = f"{type(exc).__name__}: {exc}"
         if out.image is not None:
             out.id_sim, out.id_note = self.scorers.identity(faces, out.image)
+            out.id_backend = faces.backend
             out.clip_t, out.clip_note = self.scorers.clip_t(out.image, instruction)
         return out
+
+
+def _pixel_digest(image: PIL.Image.Image) -> str:
+    """Identifies an image by its size and RGB pixels (not its file), for :meth:`EditService.is_demo_world`."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.width}x{rgb.height}".encode() + rgb.tobytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------- ZeroGPU

@@ -1,7 +1,8 @@
 """The app's two scores, identity similarity and CLIP-T, come from the one :class:`~instantportrait.eval.scorer.Scorer`
 (the benchmark's own) called through its never-raise methods: a missing face pack or CLIP makes its numbers ``None``
 with the reason kept, so the UI shows "n/a" with why, and editing still works. This module only builds it from the
-app's settings.
+app's settings. Identity goes by what the input is: the demo-world examples with the toy demo pack (``face_demo``),
+everything else with buffalo_l if installed, else dlib; a named ``--face-pack`` scores everything.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The app's settings: a dataclass filled from command-line flags, whose defaults come from environment variables.
 
     python app.py --device cuda --dtype float16 --model ipnet=/data/ipnet --face-pack antelopev2 \
-        --clip ViT-B/32 --memory-budget-gb 20 --max-concurrency 2 --port 7860
+        --clip ViT-B/32 --memory-budget-gb 20 --max-concurrency 2 --port 7860 [--offload model]
 
 Environment (read when the flag is absent): ``INSTANTPORTRAIT_DEVICE``, ``INSTANTPORTRAIT_DTYPE``,
+``INSTANTPORTRAIT_OFFLOAD``,
 ``INSTANTPORTRAIT_FACE_PACK``, ``INSTANTPORTRAIT_MEMORY_BUDGET_GB``, ``INSTANTPORTRAIT_MAX_CONCURRENCY``,
 ``INSTANTPORTRAIT_TINY=1``, ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (set by Hugging Face Spaces); model
 locations use the registry's own ``INSTANTPORTRAIT_<KEY>`` variables (``INSTANTPORTRAIT_IPNET=/data/ipnet``,
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from instantportrait.config import DTYPE_NAMES
+from instantportrait.methods.base import OFFLOAD_MODES, check_offload
 from instantportrait.methods.sources import DEMO_ROOT, SOURCE_KINDS
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -32,6 +34,9 @@ class AppSettings:
 
     device: str = "auto"  # auto -> cuda if available, else cpu
     dtype: str = "auto"  # auto -> float16 on cuda, float32 on cpu
+    # none | model | sequential: keep the editors' weights in CPU memory and move each network (or layer) to the GPU
+    # while it runs, for a card too small for a method (slower; a no-op on the CPU). See methods.base.OFFLOAD_MODES.
+    offload: str = "none"
     models: dict[str, str] = field(default_factory=dict)  # method or model key -> local folder / repo@rev
     face_pack: str = "buffalo_l"
     clip: str | None = None  # CLIP variant or weights file; None -> INSTANTPORTRAIT_CLIP or ViT-L/14
@@ -64,6 +69,7 @@ class AppSettings:
         if self.resolution < 64 or self.max_side < 64:
             raise ValueError("resolution and max_side must be at least 64 pixels")
         self.torch_dtype  # validates the name  # noqa: B018
+        check_offload(self.offload)
 
     @property
     def torch_device(self) -> str:
@@ -114,6 +120,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                                 "with the baselines, on the same editors the benchmark runs.")
     p.add_argument("--device", default=_env("INSTANTPORTRAIT_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
     p.add_argument("--dtype", default=_env("INSTANTPORTRAIT_DTYPE", "auto"), choices=["auto", *DTYPES])
+    p.add_argument("--offload", default=_env("INSTANTPORTRAIT_OFFLOAD", "none"), choices=OFFLOAD_MODES,
+                   help="keep weights in CPU memory and move each network (model) or layer (sequential) to the GPU "
+                        "as it runs: for a card too small for a method; slower; a no-op on the CPU")
     p.add_argument("--model", action="append", type=_model_entry, default=[], metavar="NAME=LOCATION",
                    help="model for a method or model key (repeatable): a local folder or repo@revision; "
                         "INSTANTPORTRAIT_<KEY> does the same")
@@ -154,7 +163,8 @@ def settings_from_args(argv: list[str] | None = None) -> AppSettings:
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip()) if args.sources else ("real", "demo")
     try:
         return AppSettings(
-            device=args.device, dtype=args.dtype, models=dict(args.model), face_pack=args.face_pack, clip=args.clip,
+            device=args.device, dtype=args.dtype, offload=args.offload, models=dict(args.model),
+            face_pack=args.face_pack, clip=args.clip,
             memory_budget_gb=args.memory_budget_gb, max_concurrency=args.max_concurrency, queue_size=args.queue_size,
             host=args.host, port=args.port, share=args.share, tiny=args.tiny, auto_tiny=args.auto_tiny,
             sources=sources,

@@ -53,10 +53,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
             print(f"{p}: {note}", file=sys.stderr)
 
     if args.require_face:
-        from instantportrait.face.encoder import FaceEncoder
+        from instantportrait.face.backends import open_face_encoder
 
+        # A named pack wins; otherwise --identity-backend (auto: buffalo_l if installed, else dlib; never the toy).
+        backend = "insightface" if args.face_pack and args.identity_backend == "auto" else args.identity_backend
         try:
-            encoder = FaceEncoder(args.face_pack, device=args.device)
+            encoder = open_face_encoder(backend, pack=args.face_pack or "buffalo_l", device=args.device)
+            if not args.quiet:
+                print(f"--require-face: faces checked with {encoder.backend}", file=sys.stderr)
             for p, li in zip(inputs, loaded):
                 try:
                     encoder.encode(li.image)
@@ -106,6 +110,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def add_edit_parser(sub: argparse._SubParsersAction) -> None:
+    from instantportrait.face.backends import BACKENDS
+
     p = sub.add_parser("edit", help="edit one or more portraits with an instruction",
                        description="python -m instantportrait edit face.jpg 'wearing a red hat' -o out.png")
     p.add_argument("images", nargs="+", help="input image file(s)")
@@ -126,7 +132,11 @@ def add_edit_parser(sub: argparse._SubParsersAction) -> None:
                    help="fail instead of falling back to the toy demo model when the real one is missing")
     p.add_argument("--max-side", type=int, default=4096, help="inputs larger than this are downscaled first")
     p.add_argument("--require-face", action="store_true", help="refuse images where no face is detected (exit 4)")
-    p.add_argument("--face-pack", default="buffalo_l", help="insightface pack for --require-face")
+    p.add_argument("--face-pack", default=None,
+                   help="insightface pack name or folder for --require-face (default: --identity-backend's choice)")
+    p.add_argument("--identity-backend", default="auto", choices=BACKENDS,
+                   help="face model for --require-face: auto (buffalo_l if installed, else dlib; default), "
+                        "insightface, dlib, or toy (the demo pack, synthetic portraits only)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_edit)
 

@@ -3,6 +3,7 @@
     python -m instantportrait models [--json] [--cache-dir DIR] [-v]
     python -m instantportrait download instructpix2pix magicbrush [--cache-dir DIR] [--revision REV]
     python -m instantportrait download --all
+    python -m instantportrait download taesd          # the real-time path's tiny VAE (pipe.use_tiny_vae("taesd"))
     python -m instantportrait download antelopev2 --from-zip ~/Downloads/antelopev2.zip
     python -m instantportrait download buffalo_l --insightface-mirror <user>/<repo>
 

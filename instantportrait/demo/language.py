@@ -228,3 +228,7 @@ def caption(identity: Identity, scene: Scene, edits: Sequence[Edit] = (), *, wit
     if style is not None and style.name == "neon":
         parts.append("magenta and cyan neon highlights")
     return _articles(", ".join(parts))
+
+
+__all__ = ["CURATED_COMBOS", "PHRASES", "EditPhrases", "caption", "describe_edits", "instruction_paraphrases",
+           "parse_instruction"]

@@ -1106,3 +1106,7 @@ def random_scene(rng: np.random.Generator, *, jitter: float = 1.0, lighting: boo
         clothing=str(rng.choice(list(SOURCE_CLOTHING))),
         layout_seed=int(rng.integers(0, 2**31 - 1)),
     )
+
+
+__all__ = ["CATEGORIES", "EDIT_DEFS", "RENDERER_VERSION", "SLOTS", "Edit", "EditDef", "Identity", "Render", "Scene",
+           "normalize_edits", "random_identity", "random_scene", "render_portrait"]

@@ -1,10 +1,15 @@
 """When to score with the shipped toy demo scorers instead of the default ones (shared by the app and the benchmark).
 
-The default face pack (``buffalo_l``) and CLIP (``ViT-L/14``) are often not on an offline machine. If the caller did
-not name a scorer explicitly (it asked for the default) and the default cannot be used here, the demo face pack
-(:data:`~instantportrait.config.DEMO_FACE_PACK`) and demo CLIP (:data:`~instantportrait.config.DEMO_CLIP`) take its
-place, and the caller labels its numbers as coming from toy scorers. An explicitly named scorer is never replaced.
-Both checks are cheap: a directory listing, a file test, and (for a CLIP that may be downloaded) a reachability probe.
+Face pack: by what the image is, never by what is installed. The demo face pack
+(:data:`~instantportrait.config.DEMO_FACE_PACK`) was trained on the synthetic demo-world portraits and means nothing
+on a photo, so it replaces the default pack (``buffalo_l``) only for demo-world images, and only when the caller did
+not name a pack; on photos a missing default is reported (the benchmark) or replaced by dlib (the app), see
+:mod:`instantportrait.eval.scorer`.
+
+CLIP: the default (``ViT-L/14``) is often not on an offline machine; if the caller did not name one and the default
+cannot be used here, the demo CLIP (:data:`~instantportrait.config.DEMO_CLIP`) takes its place and the caller labels
+its numbers as coming from a toy scorer. An explicitly named scorer is never replaced. The checks are cheap: a file
+test and (for a CLIP that may be downloaded) a reachability probe.
 """
 
 from __future__ import annotations
@@ -18,18 +23,12 @@ DEFAULT_FACE_PACK = "buffalo_l"
 DEFAULT_CLIP = MODELS["clip"].repo_id  # "ViT-L/14"
 
 
-def demo_face_pack_for(pack: str | Path | None, root: str | Path | None = None) -> Path | None:
-    """The demo face pack folder if ``pack`` is the default pack and that pack's folder is missing or incomplete
-    here (and the demo pack is shipped); else ``None`` (use ``pack`` as it is)."""
-    if pack is None or str(pack) != DEFAULT_FACE_PACK or not (DEMO_FACE_PACK / "README.md").is_file():
+def demo_face_pack_for(pack: str | Path | None, *, demo_world: bool) -> Path | None:
+    """The demo face pack folder if ``pack`` is the default pack, the images are ``demo_world`` portraits and the
+    demo pack is shipped; else ``None`` (use ``pack`` as it is)."""
+    if not demo_world or pack is None or str(pack) != DEFAULT_FACE_PACK:
         return None
-    from instantportrait.face.encoder import check_pack_folder, resolve_pack
-
-    try:
-        check_pack_folder(*resolve_pack(pack, root))
-    except (ModelNotAvailableError, ValueError):
-        return DEMO_FACE_PACK
-    return None
+    return DEMO_FACE_PACK if (DEMO_FACE_PACK / "README.md").is_file() else None
 
 
 def demo_clip_for(clip: str | Path | None, *, download: bool = False) -> Path | None:

@@ -11,8 +11,13 @@ It reads images only (never an editor's insides). Two ways to call it:
   remember a loading failure (one check, not one per request) and return ``(None, why)`` instead of raising, so
   the UI shows "n/a" with the reason and editing still works.
 
-When the caller asked for the default face pack / CLIP and it cannot be used here, the shipped toy demo scorers take
-its place (:mod:`instantportrait.demo.scorers` decides; :meth:`ScoringConfig.with_demo_fallback`, :func:`app_models`).
+Identity is judged by what the image is, not by what happens to be installed: synthetic demo-world portraits are
+scored with the toy demo face pack (trained on them), every other image with the real default (buffalo_l if installed,
+else dlib in the app; in the benchmark buffalo_l's column ``id_sim`` is recorded as unavailable and dlib's
+``id_sim_dlib`` is the real one). A named face pack is final. Every identity number carries its backend
+(``id_backend*`` row fields, :meth:`Scorer.identity_backends`, ``SourceFaces.backend``), so a toy-model number is never
+shown on a photo without saying so. A default CLIP that cannot be used here still becomes the toy demo CLIP
+(:mod:`instantportrait.demo.scorers`; :meth:`ScoringConfig.with_demo_fallback`, :func:`app_models`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +41,23 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SOURCE_CAPTION = "a photo of a person"
 DEMO_FALLBACK_FIELDS = ("face_pack", "clip")
+DLIB = "dlib"  # as a face pack name: dlib's encoder instead of an insightface pack
+UNAVAILABLE = "unavailable"  # the id_backend* value of a column whose model is not on this machine
+# Identity columns: row-field suffix -> the Scorer attribute holding its encoder (id_sim, id_sim_2, id_sim_dlib).
+IDENTITY_COLUMNS = (("", "face"), ("_2", "face2"), ("_dlib", "face_dlib"))
 Why = str | None  # why a score is missing (None: it is not)
 
 
 @dataclass
 class ScoringConfig:
-    """What scores a row. ``None`` for ``face_pack``/``clip`` turns that metric off.
+    """What scores a row. ``None`` for ``face_pack``/``clip`` turns that metric off; ``face_pack="dlib"`` scores
+    ``id_sim`` with dlib. ``dlib``: dlib's second-opinion identity column ``id_sim_dlib`` (a different model from
+    the ArcFace one, so two independent identity numbers).
 
-    ``demo_fallback``: the fields (``face_pack``, ``clip``) that, while they hold the default (buffalo_l, ViT-L/14)
-    and that default cannot be used on this machine, :meth:`with_demo_fallback` replaces by the shipped toy demo
-    scorer. The CLI leaves out a field the user named: an explicit choice is final (a clear error if missing).
+    ``demo_fallback``: the fields (``face_pack``, ``clip``) the user did not name, which :meth:`with_demo_fallback`
+    may resolve (the toy pack on demo-world images; the toy CLIP when the default one cannot be used). The CLI leaves
+    out a field the user named: an explicit choice is final (a clear error if missing). ``unavailable``: identity
+    column -> why its default model is not on this machine (set by :meth:`with_demo_fallback`; recorded, not fatal).
     """
 
     face_pack: str | None = DEFAULT_FACE_PACK
@@ -57,6 +69,8 @@ class ScoringConfig:
     det_thresh: float = 0.5
     directional_eps: float = metrics.DIRECTIONAL_EPS
     demo_fallback: tuple[str, ...] = DEMO_FALLBACK_FIELDS
+    dlib: bool = True
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.demo_fallback = tuple(self.demo_fallback)  # a list when read back from run.json
@@ -67,52 +81,112 @@ class ScoringConfig:
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
-    def with_demo_fallback(self) -> tuple[ScoringConfig, list[str]]:
-        """This config with every default scorer that cannot be used here (face pack folder missing; CLIP weights
-        neither on disk nor downloadable now) replaced by the shipped toy demo scorer, and one note per
-        replacement (see :mod:`instantportrait.demo.scorers`). Cheap: no model is loaded."""
-        changes: dict[str, str] = {}
+    def with_demo_fallback(self, demo_world: bool = False) -> tuple[ScoringConfig, list[str]]:
+        """This config resolved for these images on this machine, and one note per toy scorer it uses.
+
+        ``demo_world``: the images are synthetic demo-world portraits, so the default face pack gives way to the
+        toy demo pack made for them. On any other image the default face pack stays; if it is not installed, its
+        column is put in ``unavailable`` (never the toy pack on a photo), and so is dlib's when dlib is missing. A
+        default CLIP neither on disk nor downloadable now becomes the toy demo CLIP (see
+        :mod:`instantportrait.demo.scorers`). Cheap: no model is loaded."""
+        changes: dict[str, Any] = {}
         notes: list[str] = []
+        unavailable: dict[str, str] = {}
         # (None turns a metric off: never a fallback; demo_clip_for(None) would read it as "the default CLIP")
-        face = demo_face_pack_for(self.face_pack, self.face_root) if "face_pack" in self.demo_fallback else None
+        may_resolve = "face_pack" in self.demo_fallback and self.face_pack is not None
+        face = demo_face_pack_for(self.face_pack, demo_world=demo_world) if may_resolve else None
         if face is not None:
             changes["face_pack"] = str(face)
-            notes.append(f"identity similarity comes from the TOY demo face pack ({face}), because {self.face_pack} "
-                         "is not installed here; it means something only on the synthetic demo-world portraits")
+            notes.append(f"identity similarity (id_sim) comes from the TOY demo face pack ({face}), because the "
+                         "images are synthetic demo-world portraits, the only ones it means something on")
+        elif may_resolve and self.face_pack == DEFAULT_FACE_PACK:
+            why = default_pack_missing(self.face_root)
+            if why is not None:
+                unavailable["id_sim"] = why
+        if self.dlib and (why := dlib_missing()) is not None:
+            unavailable["id_sim_dlib"] = why
         clip = demo_clip_for(self.clip, download=True) if self.clip and "clip" in self.demo_fallback else None
         if clip is not None:
             changes["clip"] = str(clip)
             notes.append(f"CLIP scores come from the TOY demo CLIP ({clip}), because {self.clip} is neither on "
                          "disk nor downloadable here; they mean something only on the synthetic demo-world portraits")
-        return replace(self, **changes), notes
+        return replace(self, unavailable=unavailable, **changes), notes
+
+
+def default_pack_missing(root: str | Path | None = None) -> str | None:
+    """Why the default insightface pack (buffalo_l) cannot be used here, or ``None`` if it can (a listing only)."""
+    from instantportrait.face.encoder import check_pack_folder, resolve_pack
+
+    try:
+        check_pack_folder(*resolve_pack(DEFAULT_FACE_PACK, root))
+    except (ModelNotAvailableError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def dlib_missing() -> str | None:
+    """Why dlib's face models cannot be used here, or ``None`` if they can (file checks, no loading)."""
+    import importlib.util
+
+    from instantportrait.face.dlib_backend import INSTALL_HINT, DlibFaceEncoder
+
+    if importlib.util.find_spec("dlib") is None:
+        return f"dlib is not installed: {INSTALL_HINT}"
+    try:
+        DlibFaceEncoder().model_files()
+    except ModelNotAvailableError as exc:
+        return str(exc)
+    return None
+
+
+def face_encoder(pack: str | Path, *, root: str | Path | None = None, device: str = "cpu", det_size: int = 640,
+                 det_thresh: float = 0.5) -> Any:
+    """An encoder, not loaded: dlib for ``pack == "dlib"`` (its own detector settings; CPU only), else the
+    insightface pack ``pack`` (a name or a folder)."""
+    if str(pack) == DLIB:
+        from instantportrait.face.dlib_backend import DlibFaceEncoder
+
+        return DlibFaceEncoder()
+    from instantportrait.face.encoder import FaceEncoder
+
+    return FaceEncoder(pack, root=root, device=device, det_size=(det_size, det_size), det_thresh=det_thresh)
 
 
 @dataclass
 class SourceFaces:
-    """Faces found in the input: the largest (used for identity), how many, or why there is none."""
+    """Faces found in the input: the largest (used for identity), how many, or why there is none; which of the
+    scorer's encoders found them (``encoder``: an attribute name) and its ``backend`` (``None``: not loadable)."""
 
     face: Any | None  # FaceResult
     count: int
     reason: str | None = None  # why identity similarity is n/a for every method
+    encoder: str = "face"
+    backend: str | None = None
 
 
 class Scorer:
-    """Scores edits with a face encoder (and optionally a second one) and a CLIP scorer; any may be ``None``.
+    """Scores edits with face encoders and a CLIP scorer; any may be ``None``.
 
-    ``face_error`` / ``clip_error`` say why a model is unusable (set by :func:`app_models` or by a failed lazy load);
-    ``face_label`` / ``clip_label`` name what produces the numbers for the UI. ``score_size``: resize every image
-    to this square first (the demo scorers were trained on 128-px renders).
+    Face encoders: ``face`` (``id_sim``), ``face2`` (``id_sim_2``), ``face_dlib`` (``id_sim_dlib``, dlib's second
+    opinion), and ``face_demo`` (the app's toy pack for demo-world images; see :meth:`source_faces`).
+    ``unavailable``: identity column -> why its model is not here (recorded in rows as ``id_backend*`` =
+    ``"unavailable"``). ``face_error`` / ``face_demo_error`` / ``clip_error`` say why a model is unusable (set by
+    :func:`app_models` or by a failed lazy load); ``face_label`` / ``clip_label`` name what produces the numbers for
+    the UI. ``score_size``: resize every image to this square first (the demo scorers were trained on 128-px renders).
     """
 
-    def __init__(self, face: Any = None, clip: Any = None, face2: Any = None, *,
+    def __init__(self, face: Any = None, clip: Any = None, face2: Any = None, *, face_dlib: Any = None,
+                 face_demo: Any = None, unavailable: dict[str, str] | None = None,
                  directional_eps: float = metrics.DIRECTIONAL_EPS, score_size: int | None = None,
                  face_label: str = "", clip_label: str = "", face_error: str | None = None,
                  clip_error: str | None = None) -> None:
-        self.face, self.face2, self.clip = face, face2, clip
+        self.face, self.face2, self.face_dlib, self.face_demo, self.clip = face, face2, face_dlib, face_demo, clip
+        self.unavailable = dict(unavailable or {})
         self.directional_eps = directional_eps
         self.score_size = score_size
         self.face_label, self.clip_label = face_label, clip_label
         self.face_error, self.clip_error = face_error, clip_error
+        self.face_demo_error: str | None = None
         self._lock = threading.Lock()  # one face detection at a time (insightface keeps per-call state); lazy loads
         self._source_cache: dict[str, dict[str, Any]] = {}
         self._text_cache: dict[str, np.ndarray] = {}
@@ -120,18 +194,19 @@ class Scorer:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, config: ScoringConfig) -> Scorer:
-        """The benchmark's scorer (not loaded): face model(s) and CLIP named by ``config``."""
+        """The benchmark's scorer (not loaded): face model(s) and CLIP named by ``config`` (resolved by
+        :meth:`ScoringConfig.with_demo_fallback`: a column in ``config.unavailable`` gets no encoder)."""
         from instantportrait.eval.clip_score import clip_scorer_from
-        from instantportrait.face.encoder import FaceEncoder
 
-        det = (config.det_size, config.det_size)
-
-        def encoder(pack: str | None) -> Any:
-            return (FaceEncoder(pack, root=config.face_root, device=config.device, det_size=det,
-                                det_thresh=config.det_thresh) if pack else None)
+        def encoder(pack: str | None, column: str) -> Any:
+            if not pack or column in config.unavailable:
+                return None
+            return face_encoder(pack, root=config.face_root, device=config.device, det_size=config.det_size,
+                                det_thresh=config.det_thresh)
 
         clip = clip_scorer_from(config.clip, config.device) if config.clip else None
-        return cls(encoder(config.face_pack), clip, encoder(config.second_face_pack),
+        return cls(encoder(config.face_pack, "id_sim"), clip, encoder(config.second_face_pack, "id_sim_2"),
+                   face_dlib=encoder(DLIB if config.dlib else None, "id_sim_dlib"), unavailable=config.unavailable,
                    directional_eps=config.directional_eps)
 
     @classmethod
@@ -147,7 +222,7 @@ class Scorer:
 
     def load(self) -> Scorer:
         """Load every model now, raising ``ModelNotAvailableError`` fast if one is missing (strict callers)."""
-        for model in (self.face, self.face2, self.clip):
+        for model in (self.face, self.face2, self.face_dlib, self.clip):
             if model is not None:
                 model.load()
         return self
@@ -157,9 +232,23 @@ class Scorer:
         return {
             "face_model": self.face.describe() if self.face else None,
             "second_face_model": self.face2.describe() if self.face2 else None,
+            "dlib_face_model": self.face_dlib.describe() if self.face_dlib else None,
+            "identity": self.identity_backends(),
             "clip": self.clip.describe() if self.clip else None,
             "directional_eps": self.directional_eps,
         }
+
+    def identity_backends(self) -> dict[str, str]:
+        """Identity column -> the backend that fills it (``"insightface:buffalo_l"``, ``"dlib"``,
+        ``"toy:demo_face_pack"``), or ``"unavailable: <why>"``; columns turned off are left out."""
+        out = {}
+        for suffix, attr in IDENTITY_COLUMNS:
+            encoder, column = getattr(self, attr), f"id_sim{suffix}"
+            if encoder is not None:
+                out[column] = encoder.backend
+            elif column in self.unavailable:
+                out[column] = f"{UNAVAILABLE}: {self.unavailable[column]}"
+        return out
 
     def labels(self) -> list[str]:
         return [self.face_label, self.clip_label]
@@ -191,10 +280,9 @@ class Scorer:
         """Face embeddings and CLIP features of a source image, computed once per ``source_id``."""
         if source_id not in self._source_cache:
             feats: dict[str, Any] = {}
-            if self.face is not None:
-                feats["face"] = self._embedding(self.face, image)
-            if self.face2 is not None:
-                feats["face2"] = self._embedding(self.face2, image)
+            for _, attr in IDENTITY_COLUMNS:
+                if getattr(self, attr) is not None:
+                    feats[attr] = self._embedding(getattr(self, attr), image)
             if self.clip is not None:
                 feats["clip"] = self._image_features(image)
             self._source_cache[source_id] = feats
@@ -211,13 +299,17 @@ class Scorer:
     # ------------------------------------------------------------------ strict scores
     def score(self, source_id: str, source: PIL.Image.Image, output: PIL.Image.Image, target_caption: str,
               source_caption: str = DEFAULT_SOURCE_CAPTION) -> dict[str, Any]:
-        """A benchmark row's fields for one edit (``scored`` true, plus every enabled metric)."""
+        """A benchmark row's fields for one edit (``scored`` true, plus every enabled metric; each identity column
+        with its ``id_backend<suffix>``, ``"unavailable"`` where its model is not here)."""
         src = self.source_features(source_id, source)
         row: dict[str, Any] = {"scored": True}
-        if self.face is not None:
-            row.update(metrics.identity_scores(src["face"], self._embedding(self.face, output)))
-        if self.face2 is not None:
-            row.update(metrics.identity_scores(src["face2"], self._embedding(self.face2, output), suffix="_2"))
+        for suffix, attr in IDENTITY_COLUMNS:
+            encoder = getattr(self, attr)
+            if encoder is not None:
+                row.update(metrics.identity_scores(src[attr], self._embedding(encoder, output), suffix=suffix))
+                row[f"id_backend{suffix}"] = encoder.backend
+            elif f"id_sim{suffix}" in self.unavailable:
+                row[f"id_backend{suffix}"] = UNAVAILABLE
         if self.clip is not None:
             row.update(metrics.clip_scores(src["clip"], self._image_features(output),
                                            self.text_features(source_caption), self.text_features(target_caption),
@@ -235,10 +327,11 @@ class Scorer:
 
     # ------------------------------------------------------------------ never-raise scores (the app)
     def _usable(self, which: str) -> Any | None:
-        """The ``face`` or ``clip`` model, loaded on first use; ``None`` (and ``<which>_error`` set) if it cannot be."""
+        """The ``face``, ``face_demo`` or ``clip`` model, loaded on first use; ``None`` (and ``<which>_error`` set)
+        if it cannot be."""
         model = getattr(self, which)
         with self._lock:
-            loaded = model is not None and (model.loaded if which == "face" else model.is_loaded)
+            loaded = model is not None and (model.is_loaded if which == "clip" else model.loaded)
             if model is not None and not loaded and getattr(self, f"{which}_error") is None:
                 try:
                     model.load()
@@ -249,30 +342,37 @@ class Scorer:
                     setattr(self, f"{which}_error", f"{type(exc).__name__}: {exc}")
             return model if getattr(self, f"{which}_error") is None else None
 
-    def _faces_or_why(self, image: PIL.Image.Image) -> tuple[list[Any], Why]:
-        encoder = self._usable("face")
+    def _faces_or_why(self, image: PIL.Image.Image, which: str = "face") -> tuple[list[Any], Why]:
+        encoder = self._usable(which)
         if encoder is None:
-            return [], f"face model not available: {self.face_error}"
+            return [], f"face model not available: {getattr(self, f'{which}_error')}"
         try:
             return self._detect(encoder, image), None
         except Exception as exc:  # a scorer failure must not stop the edit
             logger.exception("face detection failed")
             return [], f"face detection failed ({type(exc).__name__}: {exc})"
 
-    def source_faces(self, image: PIL.Image.Image) -> SourceFaces:
-        """Detect the faces of the input image; the largest is the identity reference. Never raises."""
-        faces, why = self._faces_or_why(image)
+    def source_faces(self, image: PIL.Image.Image, demo_world: bool = False) -> SourceFaces:
+        """Detect the faces of the input image; the largest is the identity reference. Never raises.
+
+        ``demo_world``: the image is a synthetic demo-world portrait, scored with the toy pack made for them
+        (``face_demo``) when the scorer has one; any other image with ``face``. :meth:`identity` uses the same one.
+        """
+        which = "face_demo" if demo_world and self.face_demo is not None else "face"
+        model = getattr(self, which)
+        backend = model.backend if model is not None else None
+        faces, why = self._faces_or_why(image, which)
         if why is not None:
-            return SourceFaces(None, 0, why)
+            return SourceFaces(None, 0, why, which, None)
         if not faces:
-            return SourceFaces(None, 0, "no face detected in the input")
-        return SourceFaces(faces[0], len(faces))
+            return SourceFaces(None, 0, "no face detected in the input", which, backend)
+        return SourceFaces(faces[0], len(faces), None, which, backend)
 
     def identity(self, source: SourceFaces, image: PIL.Image.Image) -> tuple[float | None, Why]:
-        """Cosine between the input's largest face and the output's largest face, or ``(None, why)``."""
+        """Cosine between the input's largest face and the output's largest face (same encoder), or ``(None, why)``."""
         if source.face is None:
             return None, source.reason
-        faces, why = self._faces_or_why(image)
+        faces, why = self._faces_or_why(image, source.encoder)
         if why is not None:
             return None, why
         if not faces:
@@ -295,26 +395,32 @@ class Scorer:
 
 # ---------------------------------------------------------------------------------------------------------- the app
 def _app_face(pack: str | Path, device: str, tiny_root: str | Path | None) -> dict[str, Any]:
+    """The app's face encoders. The default pack (not named): buffalo_l if installed, else dlib, on photos, and the
+    toy demo pack on the demo-world examples (``face_demo``). A named pack (or ``dlib``) scores every image."""
     from instantportrait.face.encoder import FaceEncoder, check_pack_folder
 
+    default = str(pack) == DEFAULT_FACE_PACK
+    toy = demo_face_pack_for(pack, demo_world=True)
+    demo = {"face_demo": FaceEncoder(toy, device=device)} if toy is not None else {}
+    on_world = "; toy demo pack on the demo-world examples" if demo else ""
+    if str(pack) == DLIB:
+        return {"face": face_encoder(DLIB), "face_label": "face model: dlib"}
     try:
         encoder = FaceEncoder(pack, device=device)
         check_pack_folder(encoder.spec, encoder.folder)  # directory listing only
-        return {"face": encoder, "face_label": f"face model: {encoder.name}"}
+        return {"face": encoder, "face_label": f"face model: {encoder.backend}{on_world}", **demo}
     except (ModelNotAvailableError, ValueError) as exc:
         error = str(exc)
-    demo = demo_face_pack_for(pack)
-    if demo is not None:
-        # The default pack is missing (offline, non-commercial weights not installed): the shipped demo pack.
-        return {"face": FaceEncoder(demo, device=device),
-                "face_label": f"face model: demo pack (toy, synthetic portraits only; {DEFAULT_FACE_PACK} missing)"}
+    if default and dlib_missing() is None:
+        return {"face": face_encoder(DLIB), **demo,
+                "face_label": f"face model: dlib ({DEFAULT_FACE_PACK} not installed){on_world}"}
     if tiny_root is not None:
         from instantportrait.tiny.face_pack import build_tiny_face_pack
 
         folder = build_tiny_face_pack(Path(tiny_root) / "tiny_face_pack")
         return {"face": FaceEncoder(folder, device=device),
                 "face_label": "face model: TINY random recogniser (ID-sim meaningless)"}
-    return {"face_error": error, "face_label": "face model: not available"}
+    return {"face_error": error, "face_label": "face model: not available", **demo}
 
 
 def _app_clip(clip: str | Path | None, device: str, tiny_root: str | Path | None) -> dict[str, Any]:
@@ -348,7 +454,8 @@ def _app_clip(clip: str | Path | None, device: str, tiny_root: str | Path | None
 def app_models(face_pack: str | Path = DEFAULT_FACE_PACK, clip: str | Path | None = None, device: str = "cpu",
                tiny_root: str | Path | None = None) -> dict[str, Any]:
     """:class:`Scorer` keyword arguments for the app (fast: no model is loaded). ``face_pack``: an insightface pack
-    name or folder; ``clip``: a variant name or weights file (``None``: ``INSTANTPORTRAIT_CLIP`` or ViT-L/14). A
-    missing default falls back to the demo scorers; with ``tiny_root`` (``--tiny``) anything still missing becomes a
-    tiny random-weight stand-in written there, labelled as such; otherwise the reason is kept as ``*_error``."""
+    name or folder, or ``dlib``; ``clip``: a variant name or weights file (``None``: ``INSTANTPORTRAIT_CLIP`` or
+    ViT-L/14). The default face pack means buffalo_l (else dlib) on photos and the toy pack on demo-world examples; a
+    missing default CLIP falls back to the demo CLIP; with ``tiny_root`` (``--tiny``) anything still missing becomes
+    a tiny random-weight stand-in written there, labelled as such; otherwise the reason is kept as ``*_error``."""
     return {**_app_face(face_pack, device, tiny_root), **_app_clip(clip, device, tiny_root)}

@@ -4,6 +4,8 @@ from instantportrait.methods import (  # noqa: F401  (register their editors: ip
     diffusion,
     instantid,
     ipcontrol,
+    ipcontrol_xl,
+    reference,  # the "no-edit" reference row (registered last: the app leaves it out)
 )
 from instantportrait.methods.base import Editor, EditSettings, check_edit_inputs
 from instantportrait.methods.registry import editor_class, get_editor, list_methods, register

@@ -7,6 +7,7 @@ guidance, a progress callback) is an argument of ``edit``; nothing per request i
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,6 +18,47 @@ import PIL.Image
 import torch
 
 ProgressFn = Callable[[int, int], None]  # (step done, total steps)
+logger = logging.getLogger(__name__)
+
+# Where an editor keeps its weights between uses (diffusers' names): "none" all on the device; "model" in CPU memory,
+# each network moved to the device while it runs (enable_model_cpu_offload); "sequential" in CPU memory, each layer
+# moved while it runs (enable_sequential_cpu_offload: the least device memory, the slowest).
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+def check_offload(mode: str) -> str:
+    """``mode`` if it is one of :data:`OFFLOAD_MODES`, else one clear ``ValueError``."""
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+    return mode
+
+
+def offload_supported(device: torch.device) -> bool:
+    """Offloading moves weights between CPU memory and an accelerator; on the CPU there is nowhere to move them."""
+    return device.type != "cpu"
+
+
+def offload_modules(chain: Sequence[torch.nn.Module], device: torch.device, mode: str,
+                    loop: Sequence[torch.nn.Module] = ()) -> list[Any]:
+    """What diffusers' ``enable_model_cpu_offload`` / ``enable_sequential_cpu_offload`` do to a pipeline, for editors
+    whose networks are not one (InstantID, IP-Control): accelerate hooks that move each network (``model``) or each
+    layer (``sequential``) to ``device`` for its forward. ``model``: ``chain`` is hooked in call order (a network goes
+    back to the CPU when the next one runs); ``loop`` networks, called in turn with one of the chain inside the
+    sampling loop (a ControlNet), are hooked on their own and stay on the device until the edit ends, as diffusers
+    does. Returns the ``model`` hooks, whose ``offload()`` the editor calls after an edit (diffusers'
+    ``maybe_free_model_hooks``) so that nothing stays on the device between edits."""
+    from accelerate import cpu_offload, cpu_offload_with_hook
+
+    if mode == "sequential":
+        for module in [*chain, *loop]:
+            cpu_offload(module, execution_device=device, offload_buffers=len(module._parameters) > 0)
+        return []
+    hooks: list[Any] = []
+    hook = None
+    for module in chain:
+        _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+        hooks.append(hook)
+    return hooks + [cpu_offload_with_hook(module, device)[1] for module in loop]
 
 
 @dataclass(frozen=True)
@@ -66,13 +108,15 @@ class Editor(ABC):
     model_key: ClassVar[str | None] = None  # key in config.MODELS
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 model: str | None = None, resolution: int | None = 512):
+                 model: str | None = None, resolution: int | None = 512, offload: str = "none"):
         self.device = torch.device(device)
         self.dtype = dtype
         self.model_override = model
         self.resolution = resolution
+        self.offload = check_offload(offload)  # as asked; ``offload_mode`` is what applies on this device
         self._lock = threading.Lock()  # guards load/unload; edits on one editor run one at a time
         self._loaded: Any = None
+        self._offload_hooks: list[Any] = []  # module-level ``model`` offload hooks (see offload_modules)
 
     # ----------------------------------------------------------------- lifecycle
     @property
@@ -91,16 +135,50 @@ class Editor(ABC):
         instruction's tokens with the tokenizer that will read it."""
         return getattr(self._loaded, "tokenizer", None)
 
+    @property
+    def offload_mode(self) -> str:
+        """The offload that applies: ``offload`` on an accelerator, ``"none"`` on the CPU (where it is a no-op)."""
+        return self.offload if offload_supported(self.device) else "none"
+
+    @property
+    def placement_device(self) -> torch.device:
+        """Where ``_load`` / ``_build_random`` put the weights: the CPU under offload (the hooks move them to
+        ``device`` as they run; an editor never also moves an offloaded model to the device), else ``device``."""
+        return torch.device("cpu") if self.offload_mode != "none" else self.device
+
     def load(self) -> None:
         with self._lock:
             if self._loaded is None:
-                self._loaded = self._load()
+                self._loaded = self._offloaded(self._load())
 
     def unload(self) -> None:
         with self._lock:
             self._loaded = None
+            self._offload_hooks = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _offloaded(self, loaded: Any) -> Any:
+        """``loaded`` with this editor's offload applied: a diffusers pipeline's own ``enable_model_cpu_offload`` /
+        ``enable_sequential_cpu_offload``, or :func:`offload_modules` on the networks of :meth:`_modules`."""
+        mode = self.offload_mode
+        self._offload_hooks = []
+        if mode == "none":
+            if self.offload != "none":
+                logger.warning("%s: offload=%s is a no-op on %s (the weights are already in CPU memory)",
+                               self.name, self.offload, self.device)
+            return loaded
+        if hasattr(loaded, "enable_model_cpu_offload"):  # a DiffusionPipeline: it frees its hooks after each call
+            getattr(loaded, f"enable_{mode}_cpu_offload")(device=self.device)
+        else:
+            chain, loop = self._offload_order(loaded)
+            self._offload_hooks = offload_modules(chain, self.device, mode, loop)
+        return loaded
+
+    def _offload_order(self, loaded: Any) -> tuple[list[torch.nn.Module], list[torch.nn.Module]]:
+        """``(networks in call order, networks called in turn with them in a loop)`` for :func:`offload_modules`
+        (editors that are not a diffusers pipeline). Default: :meth:`_modules` in its order, no loop network."""
+        return self._modules(loaded), []
 
     def load_random_weights(self) -> None:
         """Load the method's *real* architecture with random weights (no download), for latency measurements only.
@@ -108,7 +186,7 @@ class Editor(ABC):
         Images it produces are noise; it exists so latency tables can be made on machines without the weights.
         """
         with self._lock:
-            self._loaded = self._build_random()
+            self._loaded = self._offloaded(self._build_random())
 
     def _build_random(self) -> Any:
         raise NotImplementedError(f"{self.name} has no random-weights architecture builder")
@@ -156,7 +234,7 @@ class Editor(ABC):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "resolution": self.resolution,
-                "nfe": self.nfe()}
+                "offload": self.offload_mode, "nfe": self.nfe()}
 
     # ----------------------------------------------------------------- editing
     def edit(self, images: Sequence[PIL.Image.Image], instructions: Sequence[str], *,
@@ -189,6 +267,8 @@ class Editor(ABC):
             edited = self._edit(self._loaded, batch, [instructions[i] for i in idx], group_seed, settings, progress)
             for i, img in zip(idx, edited):
                 out[i] = img if img.size == rgb[i].size else img.resize(rgb[i].size, PIL.Image.Resampling.LANCZOS)
+        for hook in self._offload_hooks:  # the last network run goes back to the CPU (maybe_free_model_hooks)
+            hook.offload()
         return out  # type: ignore[return-value]
 
     @abstractmethod

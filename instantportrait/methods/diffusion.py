@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ class IPNetEditor(PipelineEditor):
 
         pipe = InstantPortraitPipeline.from_pretrained(self.model_path(), dtype=self.dtype)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(self.device)
+        return pipe.to(self.placement_device)  # the CPU under offload: the hooks move it
 
     @property
     def pipeline(self) -> Any:
@@ -63,7 +64,7 @@ class IPNetEditor(PipelineEditor):
     def _build_random(self) -> Any:
         from instantportrait.models.architectures import build_random_ipnet, resolve_architecture
 
-        return build_random_ipnet(resolve_architecture(self.random_architecture), device=self.device,
+        return build_random_ipnet(resolve_architecture(self.random_architecture), device=self.placement_device,
                                   dtype=self.dtype)
 
     def nfe(self, settings: EditSettings | None = None) -> int:
@@ -76,6 +77,25 @@ class IPNetEditor(PipelineEditor):
         if progress:
             progress(self.steps, self.steps)
         return out
+
+    def edit_tensor(self, images: Any, instructions: Sequence[str], *, seed: int | Sequence[int] = 0,
+                    non_blocking: bool = False) -> Any:
+        """The real-time path: a (B, 3, H, W) tensor in [0, 1] on the editor's device in, the edited (B, 3, H, W)
+        tensor in [0, 1] out, at the input's size (no working-size resize, no PIL or numpy round trip, nothing read
+        back on the host; ``non_blocking`` as in ``InstantPortraitPipeline.__call__``). The same seeds as ``edit``
+        (one CPU generator per sample): on an image already at the working size it gives ``edit``'s result before
+        8-bit rounding. ``edit`` (PIL in, PIL out, any size) stays the path for users, the app and the benchmark."""
+        import torch
+
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError("edit_tensor takes a (B, 3, H, W) tensor in [0, 1]; use edit() for PIL images.")
+        if isinstance(instructions, str) or len(instructions) != images.shape[0]:
+            raise ValueError(f"edit_tensor takes one instruction per image: {images.shape[0]} images, "
+                             f"{1 if isinstance(instructions, str) else len(instructions)} instructions.")
+        self.load()
+        return self._loaded(images, list(instructions), num_inference_steps=self.steps,
+                            generator=self.generators(images.shape[0], seed), output_type="pt",
+                            non_blocking=non_blocking).images
 
 
 @register
@@ -100,13 +120,13 @@ class InstructPix2PixFamily(PipelineEditor):
             self.model_path(), dtype=self.dtype, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
-        return pipe.to(self.device)
+        return pipe.to(self.placement_device)
 
     def _build_random(self) -> Any:
         from instantportrait.models.architectures import build_random_instruct_pix2pix, resolve_architecture
 
-        return build_random_instruct_pix2pix(resolve_architecture(self.random_architecture), device=self.device,
-                                             dtype=self.dtype)
+        return build_random_instruct_pix2pix(resolve_architecture(self.random_architecture),
+                                             device=self.placement_device, dtype=self.dtype)
 
     def steps_for(self, settings: EditSettings | None) -> int:
         return (settings.num_inference_steps if settings and settings.num_inference_steps else self.default_steps)

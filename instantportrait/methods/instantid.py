@@ -51,10 +51,13 @@ from instantportrait.errors import ModelNotAvailableError
 from instantportrait.face.keypoints import draw_face_keypoints
 from instantportrait.hub import locate
 from instantportrait.methods.face_conditioned.base import (
+    SDXL_FOLDERS,
     CaptionTemplate,
     FaceConditionedEditor,
     from_folder,
+    load_sdxl_base,
     read_scheduler_config,
+    vae_dtype,
 )
 from instantportrait.methods.face_conditioned.ip_adapter import (
     group_ip_adapter_layers,
@@ -62,7 +65,7 @@ from instantportrait.methods.face_conditioned.ip_adapter import (
     read_ip_adapter,
 )
 from instantportrait.methods.face_conditioned.resampler import Resampler, ResamplerConfig
-from instantportrait.methods.face_conditioned.sampling import DenoiseInputs, control_tensor, encode_clip_prompts
+from instantportrait.methods.face_conditioned.sampling import DenoiseInputs, control_tensor, encode_sdxl_prompts
 from instantportrait.methods.registry import register
 from instantportrait.models.sdxl import (
     SDXLArchitecture,
@@ -115,11 +118,6 @@ class InstantIDModels:
     embedding_dim: int
 
 
-def _vae_dtype(force_upcast: bool, dtype: torch.dtype) -> torch.dtype:
-    # SDXL's VAE overflows in fp16 (its config says force_upcast): keep it in float32 then.
-    return torch.float32 if dtype == torch.float16 and force_upcast else dtype
-
-
 @register
 class InstantIDEditor(FaceConditionedEditor):
     name = "instantid"
@@ -133,14 +131,13 @@ class InstantIDEditor(FaceConditionedEditor):
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  model: str | None = None, resolution: int | None = 1024, base_model: str | None = None,
-                 config: InstantIDConfig | None = None) -> None:
+                 config: InstantIDConfig | None = None, offload: str = "none") -> None:
         super().__init__(device=device, dtype=dtype, model=model, resolution=resolution, base_model=base_model,
-                         config=config or InstantIDConfig())
+                         config=config or InstantIDConfig(), offload=offload)
 
     # ----------------------------------------------------------------- models
     def _load(self) -> InstantIDModels:
-        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from diffusers import ControlNetModel
 
         self._random = False
         face = self.face_encoder().load()  # cheapest failure first
@@ -152,16 +149,10 @@ class InstantIDEditor(FaceConditionedEditor):
             raise ModelNotAvailableError(
                 f"Model {self.spec().describe()} at {release} is incomplete: it needs {self.config.ip_adapter_file} "
                 f"and {self.config.controlnet_subfolder}/ (config.json + weights).")
-        self._check_base_layout(base, ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                                       "scheduler"), "SDXL")
-        dt, dev = self.dtype, self.device
-        unet = from_folder(UNet2DConditionModel, base, dt, "unet")
-        vae_cfg = AutoencoderKL.load_config(base, subfolder="vae")
-        vae = from_folder(AutoencoderKL, base, _vae_dtype(bool(vae_cfg.get("force_upcast", True)), dt), "vae")
-        text_encoder = from_folder(CLIPTextModel, base, dt, "text_encoder")
-        text_encoder_2 = from_folder(CLIPTextModelWithProjection, base, dt, "text_encoder_2")
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-        tokenizer_2 = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2")
+        self._check_base_layout(base, SDXL_FOLDERS, "SDXL")
+        dt, dev = self.dtype, self.placement_device  # the CPU under offload
+        sdxl = load_sdxl_base(base, dt)
+        unet = sdxl["unet"]
         controlnet = from_folder(ControlNetModel, control_dir, dt)
         scheduler_class, scheduler_config = self._scheduler(base)
 
@@ -171,8 +162,9 @@ class InstantIDEditor(FaceConditionedEditor):
         install_ip_adapter(unet, group_ip_adapter_layers(unet, ip_state))
         self._check_dims(unet, controlnet, resampler)
         return InstantIDModels(
-            unet=unet.to(dev, dt), controlnet=controlnet.to(dev), vae=vae.to(dev), text_encoder=text_encoder.to(dev),
-            text_encoder_2=text_encoder_2.to(dev), tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+            unet=unet.to(dev, dt), controlnet=controlnet.to(dev), vae=sdxl["vae"].to(dev),
+            text_encoder=sdxl["text_encoder"].to(dev), text_encoder_2=sdxl["text_encoder_2"].to(dev),
+            tokenizer=sdxl["tokenizer"], tokenizer_2=sdxl["tokenizer_2"],
             resampler=resampler.to(dev, dt).eval(), scheduler_class=scheduler_class,
             scheduler_config=scheduler_config, face=face, embedding_dim=resampler.config.embedding_dim)
 
@@ -201,7 +193,7 @@ class InstantIDEditor(FaceConditionedEditor):
 
         arch, nets, tokenizer = self._random_networks(lambda: tiny_sdxl_instantid_architecture(512),
                                                       sdxl_instantid_architecture, build_sdxl_networks)
-        nets["vae"] = nets["vae"].to(_vae_dtype(bool(nets["vae"].config.force_upcast), self.dtype))
+        nets["vae"] = nets["vae"].to(vae_dtype(bool(nets["vae"].config.force_upcast), self.dtype))
         return InstantIDModels(
             unet=nets["unet"], controlnet=nets["controlnet"], vae=nets["vae"], text_encoder=nets["text_encoder"],
             text_encoder_2=nets["text_encoder_2"], tokenizer=tokenizer, tokenizer_2=tokenizer,
@@ -224,25 +216,14 @@ class InstantIDEditor(FaceConditionedEditor):
                     emb: torch.Tensor, prompts: list[str], s: dict[str, Any]) -> tuple[DenoiseInputs, Any]:
         """Both text encoders (penultimate layer, SDXL's pooled and size embeddings), the face tokens as the UNet's
         IP context and IdentityNet's cross-attention context, and the keypoint image as IdentityNet's condition."""
-        dev, dt, n = self.device, self.dtype, len(images)
+        dev, dt = self.device, self.dtype
         kps_images = [draw_face_keypoints(img.size, k, radius=self.config.kps_radius,
                                           stick_width=self.config.kps_stick_width) for img, k in zip(images, kps)]
-        encoders = (loaded.text_encoder, loaded.text_encoder_2)
-        tokenizers = (loaded.tokenizer, loaded.tokenizer_2)
-        text, pooled = encode_clip_prompts(tokenizers, encoders, prompts, dev, penultimate=True)  # (B, 77, D)
-        if s["negative_prompt"]:
-            neg, neg_pooled = encode_clip_prompts(tokenizers, encoders, [s["negative_prompt"]] * n, dev,
-                                                  penultimate=True)
-        else:  # SDXL's force_zeros_for_empty_prompt
-            neg, neg_pooled = torch.zeros_like(text), torch.zeros_like(pooled)
+        text, neg, added = encode_sdxl_prompts(
+            (loaded.tokenizer, loaded.tokenizer_2), (loaded.text_encoder, loaded.text_encoder_2), prompts,
+            s["negative_prompt"], images[0].size, s["guidance_scale"] > 1.0, dev)  # (B, 77, D) each
         tokens = loaded.resampler(emb.to(dev, dt)[:, None])  # (B, T, D)
         null_tokens = loaded.resampler(torch.zeros_like(emb).to(dev, dt)[:, None])  # (B, T, D)
-
-        w, h = images[0].size
-        time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=dev).repeat(n, 1)  # (B, 6)
-        cfg = s["guidance_scale"] > 1.0
-        added = {"text_embeds": torch.cat([neg_pooled, pooled]) if cfg else pooled,
-                 "time_ids": torch.cat([time_ids, time_ids]) if cfg else time_ids}
         inputs = DenoiseInputs(
             text_cond=text, text_uncond=neg, ip_cond=tokens, ip_uncond=null_tokens,
             control_context_cond=tokens, control_context_uncond=null_tokens,

@@ -32,9 +32,10 @@ Defaults: 30 DDIM steps, guidance 7.5, IP scale 1.0 (the FaceID model card's), C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -50,6 +51,7 @@ from instantportrait.methods.face_conditioned.base import (
     FaceConditionedEditor,
     from_folder,
     read_scheduler_config,
+    vae_dtype,
 )
 from instantportrait.methods.face_conditioned.ip_adapter import (
     group_ip_adapter_layers,
@@ -106,6 +108,8 @@ class IPControlModels:
     projection: FaceIDProjection
     scheduler_config: dict[str, Any]
     face: Any | None
+    text_encoder_2: nn.Module | None = None  # SDXL (IP-Control-XL) only
+    tokenizer_2: Any = None
 
     @property
     def embedding_dim(self) -> int:
@@ -114,6 +118,9 @@ class IPControlModels:
 
 @register
 class IPControlEditor(FaceConditionedEditor):
+    """FaceID + ControlNet on SD1.5. The backbone-specific parts are hooks (``_load_base``, ``_random_parts``,
+    ``_text_conditions``) and class attributes, which :class:`~.ipcontrol_xl.IPControlXLEditor` swaps for SDXL's."""
+
     name = "ipcontrol"
     label = "IP-Control (FaceID + ControlNet)"
     description = ("IP-Adapter FaceID (identity tokens + merged LoRA) with an SD1.5 ControlNet (OpenPose head from "
@@ -122,26 +129,49 @@ class IPControlEditor(FaceConditionedEditor):
     base_key = "sd15-base"
     face_purpose = "IP-Control needs a face for the identity"
     embedding_expectation = "FaceID expects {dim}-d (it was trained on buffalo_l, 512-d)"
+    control_models: ClassVar[dict[str, str]] = CONTROL_MODELS  # control -> model key of the ControlNet
+    upcast_vae: ClassVar[bool] = False  # True for SDXL: float32 VAE under fp16 when its config says force_upcast
+    scheduler_overrides: ClassVar[dict[str, Any]] = {}  # DDIM settings over the base's scheduler config
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  model: str | None = None, resolution: int | None = 512, base_model: str | None = None,
-                 controlnet: str | None = None, config: IPControlConfig | None = None) -> None:
+                 controlnet: str | None = None, config: IPControlConfig | None = None,
+                 offload: str = "none") -> None:
         super().__init__(device=device, dtype=dtype, model=model, resolution=resolution, base_model=base_model,
-                         config=config or IPControlConfig())
+                         config=config or IPControlConfig(), offload=offload)
         self.controlnet_override = controlnet
 
     def controlnet_spec(self) -> ModelSpec:
-        return resolve_model(CONTROL_MODELS[self.config.control], self.controlnet_override)
+        return resolve_model(self.control_models[self.config.control], self.controlnet_override)
 
     def _specs(self) -> list[ModelSpec]:
         return [self.spec(), self.controlnet_spec(), self.base_spec()]
 
-    def _load(self) -> IPControlModels:
-        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    def _load_base(self, base: Path) -> dict[str, Any]:
+        """The base model's UNet, VAE, text encoder(s) and tokenizer(s) (here SD1.5's), on the CPU."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
+        self._check_base_layout(base, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), "SD1.5")
+        dt = self.dtype
+        return {"unet": from_folder(UNet2DConditionModel, base, dt, "unet"),
+                "vae": from_folder(AutoencoderKL, base, dt, "vae"),
+                "text_encoder": from_folder(CLIPTextModel, base, dt, "text_encoder"),
+                "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")}
+
+    def _models(self, nets: dict[str, Any], scheduler_config: dict[str, Any], face: Any | None) -> IPControlModels:
+        """The loaded (or random) networks on :attr:`placement_device` (the CPU under offload), as
+        :class:`IPControlModels`."""
+        dev = self.placement_device
+        on = {k: (v.to(dev) if isinstance(v, nn.Module) else v) for k, v in nets.items()}
+        return IPControlModels(unet=on["unet"], controlnet=on["controlnet"], vae=on["vae"],
+                               text_encoder=on["text_encoder"], tokenizer=on["tokenizer"], projection=on["projection"],
+                               scheduler_config=scheduler_config, face=face, text_encoder_2=on.get("text_encoder_2"),
+                               tokenizer_2=on.get("tokenizer_2"))
+
+    def _load(self) -> IPControlModels:
         self._random = False
-        face = self.face_encoder().load()
+        self._check_face_pack()  # the pack's files first, the releases next: each fails within a second or so
         release = locate(self.spec())
         control_dir = locate(self.controlnet_spec())
         base = locate(self.base_spec())
@@ -149,12 +179,12 @@ class IPControlEditor(FaceConditionedEditor):
         if not ip_file.is_file():
             raise ModelNotAvailableError(f"Model {self.spec().describe()} at {release} has no "
                                          f"{self.config.ip_adapter_file}.")
-        self._check_base_layout(base, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"), "SD1.5")
-        dt, dev = self.dtype, self.device
-        unet = from_folder(UNet2DConditionModel, base, dt, "unet")
-        vae = from_folder(AutoencoderKL, base, dt, "vae")
-        text_encoder = from_folder(CLIPTextModel, base, dt, "text_encoder")
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+        face = self.face_encoder().load()  # seconds (insightface, onnxruntime): after the fast checks
+        from diffusers import ControlNetModel  # seconds too, cold
+
+        dt, dev = self.dtype, self.placement_device  # the CPU under offload
+        nets = self._load_base(base)
+        unet = nets["unet"]
         controlnet = from_folder(ControlNetModel, control_dir, dt)
         scheduler_config = read_scheduler_config(base)
         proj_state, ip_state = read_ip_adapter(ip_file)
@@ -167,22 +197,25 @@ class IPControlEditor(FaceConditionedEditor):
         if projection.config.cross_attention_dim != width or controlnet.config.cross_attention_dim != width:
             raise ValueError(f"FaceID tokens are {projection.config.cross_attention_dim}-d, the UNet / ControlNet "
                              f"attend to {width} / {controlnet.config.cross_attention_dim}-d: mismatched models")
-        return IPControlModels(unet=unet.to(dev, dt), controlnet=controlnet.to(dev), vae=vae.to(dev),
-                               text_encoder=text_encoder.to(dev), tokenizer=tokenizer,
-                               projection=projection.to(dev, dt).eval(), scheduler_config=scheduler_config,
-                               face=face)
+        return self._models({**nets, "unet": unet.to(dev, dt), "controlnet": controlnet,
+                             "projection": projection.to(dev, dt).eval()}, scheduler_config, face)
 
     def _build_random(self) -> IPControlModels:
-        """Real SD1.5 sizes with random weights (or test size, as
-        :func:`~.face_conditioned.base.random_architecture_name` says)."""
-        arch, nets, tokenizer = self._random_networks(lambda: tiny_sd15_ipcontrol_architecture(512),
-                                                      sd15_ipcontrol_architecture, build_sd15_networks)
-        return IPControlModels(unet=nets["unet"], controlnet=nets["controlnet"], vae=nets["vae"],
-                               text_encoder=nets["text_encoder"], tokenizer=tokenizer, projection=nets["projection"],
-                               scheduler_config=dict(arch.scheduler), face=None)
+        """Real sizes with random weights (or test size, as
+        :func:`~.face_conditioned.base.random_architecture_name` says): :meth:`_random_parts`."""
+        arch, nets, tokenizer = self._random_networks(*self._random_parts())
+        vae = nets["vae"]
+        nets["vae"] = vae.to(vae_dtype(self.upcast_vae and bool(vae.config.force_upcast), self.dtype))
+        tokenizers = {"tokenizer": tokenizer, **({"tokenizer_2": tokenizer} if "text_encoder_2" in nets else {})}
+        return self._models({**nets, **tokenizers}, dict(arch.scheduler), face=None)
+
+    def _random_parts(self) -> tuple[Callable[[], Any], Callable[[], Any], Callable[..., dict[str, nn.Module]]]:
+        """``(tiny architecture, real architecture, builder)`` for :meth:`_build_random` (here SD1.5's)."""
+        return lambda: tiny_sd15_ipcontrol_architecture(512), sd15_ipcontrol_architecture, build_sd15_networks
 
     def _modules(self, loaded: IPControlModels) -> list[nn.Module]:
-        return [loaded.unet, loaded.controlnet, loaded.vae, loaded.text_encoder, loaded.projection]
+        return [m for m in (loaded.unet, loaded.controlnet, loaded.vae, loaded.text_encoder, loaded.text_encoder_2,
+                            loaded.projection) if m is not None]
 
     def _describe_models(self) -> dict[str, Any]:
         return {"controlnet": self.controlnet_spec().repo_id, "control": self.config.control}
@@ -197,23 +230,31 @@ class IPControlEditor(FaceConditionedEditor):
         return [draw_openpose_head(img.size, k, radius=c.openpose_radius, stick_width=c.openpose_stick_width)
                 for img, k in zip(images, kps)]
 
-    def _conditions(self, loaded: IPControlModels, images: list[PIL.Image.Image], kps: list[np.ndarray],
-                    emb: torch.Tensor, prompts: list[str], s: dict[str, Any]) -> tuple[DenoiseInputs, Any]:
-        """One text encoder (last layer) as the UNet's and the ControlNet's context, FaceID tokens as the IP
-        context, the OpenPose head (or Canny edges) as the condition; DDIM as the FaceID model card samples."""
-        from diffusers import DDIMScheduler
-
-        dev, dt, n = self.device, self.dtype, len(images)
+    def _text_conditions(self, loaded: IPControlModels, prompts: list[str], s: dict[str, Any],
+                         size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+        """``(text, negative text, added_cond)``: here SD1.5's one text encoder (last layer), no added conditions."""
+        dev, n = self.device, len(prompts)
         text, _ = encode_clip_prompts([loaded.tokenizer], [loaded.text_encoder], prompts, dev, penultimate=False)
         neg, _ = encode_clip_prompts([loaded.tokenizer], [loaded.text_encoder], [s["negative_prompt"]] * n, dev,
                                      penultimate=False)  # (B, 77, 768)
-        tokens = loaded.projection(emb.to(dev, dt))  # (B, 4, 768)
-        null_tokens = loaded.projection(torch.zeros_like(emb).to(dev, dt))  # (B, 4, 768)
+        return text, neg, None
+
+    def _conditions(self, loaded: IPControlModels, images: list[PIL.Image.Image], kps: list[np.ndarray],
+                    emb: torch.Tensor, prompts: list[str], s: dict[str, Any]) -> tuple[DenoiseInputs, Any]:
+        """The text (:meth:`_text_conditions`) as the UNet's and the ControlNet's context, FaceID tokens as the IP
+        context, the OpenPose head (or Canny edges) as the condition; DDIM as the FaceID model cards sample."""
+        from diffusers import DDIMScheduler
+
+        dev, dt = self.device, self.dtype
+        text, neg, added = self._text_conditions(loaded, prompts, s, images[0].size)
+        tokens = loaded.projection(emb.to(dev, dt))  # (B, 4, D)
+        null_tokens = loaded.projection(torch.zeros_like(emb).to(dev, dt))  # (B, 4, D)
         inputs = DenoiseInputs(
             text_cond=text, text_uncond=neg, ip_cond=tokens, ip_uncond=null_tokens, control_context_cond=text,
             control_context_uncond=neg,
-            control_image=control_tensor(self._control_images(images, kps), dev, loaded.controlnet.dtype))
-        return inputs, DDIMScheduler.from_config(loaded.scheduler_config)  # fresh per edit
+            control_image=control_tensor(self._control_images(images, kps), dev, loaded.controlnet.dtype),
+            added_cond=added)
+        return inputs, DDIMScheduler.from_config(loaded.scheduler_config, **self.scheduler_overrides)  # fresh per edit
 
 
 __all__ = ["CONTROL_MODELS", "IPControlConfig", "IPControlEditor", "IPControlModels"]

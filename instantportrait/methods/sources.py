@@ -37,7 +37,7 @@ from typing import Any
 
 from instantportrait.config import DEMO_ROOT, env_override
 from instantportrait.errors import ModelNotAvailableError
-from instantportrait.methods.base import Editor
+from instantportrait.methods.base import Editor, check_offload
 from instantportrait.methods.registry import editor_class, get_editor
 
 logger = logging.getLogger(__name__)
@@ -205,8 +205,10 @@ class SourcePolicy:
     resolution: int | None = None
     fallback_resolution: int | None = None
     random_architecture: str | None = None  # set on the editor (random-weights builds; see the editors)
+    offload: str = "none"  # set on the editor: none | model | sequential (methods.base.OFFLOAD_MODES)
 
     def __post_init__(self) -> None:
+        check_offload(self.offload)
         unknown = [s for s in self.sources if s not in SOURCE_KINDS]
         if unknown:
             raise ValueError(f"unknown model source(s) {unknown}; choose from {', '.join(SOURCE_KINDS)}")
@@ -292,6 +294,7 @@ def open_editor(method: str, policy: SourcePolicy | None = None, *,
     editor = get_editor(method, model=source.location, **kwargs)
     if policy.random_architecture is not None:
         editor.random_architecture = policy.random_architecture  # type: ignore[attr-defined]
+    editor.offload = policy.offload  # an attribute, like the above: every editor has it, whatever its __init__ takes
     return editor, source
 
 

@@ -1,9 +1,10 @@
-"""SDXL + InstantID architectures as code: the released sizes (random-weights latency runs) and a test-size copy
-(tiny releases, ``random_architecture="tiny"``), and a builder of every network with random weights."""
+"""SDXL + InstantID and SDXL + IP-Adapter FaceID (IP-Control-XL) architectures as code: the released sizes
+(random-weights latency runs) and test-size copies (tiny releases, ``random_architecture="tiny"``), and a builder of
+every network with random weights. The two share everything but the face projection."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,18 +13,19 @@ from torch import nn
 from instantportrait.models.controlnet import seeded_networks, unet_with_controlnet
 
 if TYPE_CHECKING:
-    from instantportrait.methods.face_conditioned.resampler import ResamplerConfig
+    from instantportrait.methods.face_conditioned.resampler import FaceIDProjectionConfig, ResamplerConfig
 
 
 @dataclass(frozen=True)
 class SDXLArchitecture:
-    """Configs of every network InstantID runs. :func:`sdxl_instantid_architecture` gives the released sizes."""
+    """Configs of every network InstantID (or IP-Control-XL) runs. :func:`sdxl_instantid_architecture` /
+    :func:`sdxl_ipcontrol_architecture` give the released sizes."""
 
     unet: dict[str, Any]
     vae: dict[str, Any]
     text_encoder: dict[str, Any]  # CLIPTextConfig kwargs (CLIP ViT-L/14 text tower)
     text_encoder_2: dict[str, Any]  # CLIPTextConfig kwargs (OpenCLIP ViT-bigG/14 text tower, with projection)
-    resampler: ResamplerConfig
+    resampler: ResamplerConfig | FaceIDProjectionConfig  # the face projection: InstantID's or FaceID's MLP
     scheduler: dict[str, Any]
     controlnet_conditioning_channels: tuple[int, ...] = (16, 32, 96, 256)
 
@@ -97,17 +99,37 @@ def tiny_sdxl_instantid_architecture(embedding_dim: int = 128) -> SDXLArchitectu
 
 def build_sdxl_networks(arch: SDXLArchitecture, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, seed: int = 0) -> dict[str, nn.Module]:
-    """Every InstantID network with random weights, built directly on ``device``."""
+    """Every InstantID (or IP-Control-XL) network with random weights, built directly on ``device``; the face
+    projection is ``"resampler"`` (a :class:`ResamplerConfig`) or ``"projection"`` (FaceID's MLP)."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from instantportrait.methods.face_conditioned.resampler import Resampler
+    from instantportrait.methods.face_conditioned.resampler import FaceIDProjection, Resampler, ResamplerConfig
 
     def build() -> dict[str, nn.Module]:
         unet, controlnet = unet_with_controlnet(arch.unet, arch.controlnet_conditioning_channels)
-        return {"unet": unet, "controlnet": controlnet, "vae": AutoencoderKL(**arch.vae),
+        nets = {"unet": unet, "controlnet": controlnet, "vae": AutoencoderKL(**arch.vae),
                 "text_encoder": CLIPTextModel(CLIPTextConfig(**arch.text_encoder)),
-                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**arch.text_encoder_2)),
-                "resampler": Resampler(arch.resampler)}
+                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**arch.text_encoder_2))}
+        if isinstance(arch.resampler, ResamplerConfig):
+            return {**nets, "resampler": Resampler(arch.resampler)}
+        return {**nets, "projection": FaceIDProjection(arch.resampler)}
 
     return seeded_networks(build, device, dtype, seed)
+
+
+def sdxl_ipcontrol_architecture() -> SDXLArchitecture:
+    """SDXL base 1.0 + an SDXL ControlNet (a copy of the UNet's encoder, as ``diffusers/controlnet-canny-sdxl-1.0``
+    and ``thibaud/controlnet-openpose-sdxl-1.0`` are) + IP-Adapter FaceID's SDXL projection
+    (512 -> 1024 -> 4 x 2048)."""
+    from instantportrait.methods.face_conditioned.resampler import FaceIDProjectionConfig
+
+    return replace(sdxl_instantid_architecture(), resampler=FaceIDProjectionConfig(cross_attention_dim=2048))
+
+
+def tiny_sdxl_ipcontrol_architecture(embedding_dim: int = 128) -> SDXLArchitecture:
+    """The same at test size: :func:`tiny_sdxl_instantid_architecture` with FaceID's MLP (4 tokens of 32)."""
+    from instantportrait.methods.face_conditioned.resampler import FaceIDProjectionConfig
+
+    return replace(tiny_sdxl_instantid_architecture(embedding_dim),
+                   resampler=FaceIDProjectionConfig(embedding_dim, 2 * embedding_dim, 32, 4))

@@ -10,6 +10,13 @@ trainer builds the student's training start with this same method, so the studen
 training and here. Two steps = "style boost by iterative inference", as the poster presents it: x̂0 becomes the next
 step's source latent (in latent space, which skips a VAE decode + encode that would only add reconstruction error)
 and the same one-step map runs again; it is inference-only (no training objective targets the second output).
+
+Two ways in, one result. PIL images (or numpy arrays) in and PIL out is the path for users: any size, any format.
+The real-time path is tensors: a (B, 3, H, W) tensor in [0, 1] on the pipeline's device and ``output_type="pt"``
+(no PIL or numpy round trip, no read of a device value on the host, so the call never waits for the device; with
+``non_blocking=True`` the result is copied into pinned host memory asynchronously). ``run_path`` is the device-side
+part of a call (encode -> UNet -> decode), which ``optimize(compile_scope="path")`` compiles as one region, and
+``use_tiny_vae`` swaps both VAE halves for a TAESD-layout ``AutoencoderTiny``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
     from instantportrait.pipelines.tiny_decoder import TinyDecoder
 
 START_MODES = ("noise", "source")
+COMPILE_SCOPES = ("networks", "path")
 SUPPORTED_STEPS = (1, 2)
 CARD_FILE = "README.md"
 CARD_INFO_FILE = "instantportrait_card.json"
@@ -44,6 +52,23 @@ class InstantPortraitPipelineOutput(BaseOutput):
     """``images``: PIL list, numpy (B, H, W, 3) in [0, 1], a (B, 3, H, W) tensor in [0, 1], or latents."""
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a call runs: the execution device and the networks' dtypes (see ``InstantPortraitPipeline._placement``)."""
+
+    key: tuple
+    device: torch.device
+    unet_dtype: torch.dtype
+    vae_dtype: torch.dtype
+
+
+def _module_key(module: torch.nn.Module) -> tuple:
+    """What changes when a module moves, is cast, or gets offloading hooks; a few attribute reads."""
+    p = next(module.parameters(), None)
+    return (id(module), None if p is None else (p.device, p.dtype), hasattr(module, "_hf_hook"),
+            hasattr(module, "_diffusers_hook"))
 
 
 def _image_size(image: Any) -> tuple[int, int]:
@@ -105,6 +130,10 @@ class InstantPortraitPipeline(DiffusionPipeline):
         self.prompt_cache_size = 64
         self._prompt_cache_lock = threading.Lock()
         self._tiny_decoder: TinyDecoder | None = None  # `use_tiny_decoder`; None: the full VAE decoder
+        self._tiny_encoder: torch.nn.Module | None = None  # `use_tiny_vae`; None: the full VAE encoder
+        self._placement_cache: _Placement | None = None
+        self._alphas_on: dict[str, tuple] = {}  # device -> (alphas_cumprod, its copy there): `alpha_bar`
+        self._compiled_path: Any = None  # `optimize(compile_scope="path")`
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, image: Any, prompt: Any, num_inference_steps: int, prompt_embeds: torch.Tensor | None,
@@ -153,13 +182,13 @@ class InstantPortraitPipeline(DiffusionPipeline):
     def encode_prompt(self, prompt: list[str], device: torch.device | None = None,
                       use_cache: bool = True) -> torch.Tensor:
         """Text -> CLIP last hidden states, (B, 77, D). Truncates to the tokenizer's limit; caches per prompt."""
-        device = device or self._execution_device
+        device = device or self._placement().device
         missing = [p for p in dict.fromkeys(prompt) if not use_cache or p not in self._prompt_cache]
         fresh: dict[str, torch.Tensor] = {}
         if missing:
             ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids  # (M, 77)
-            embeds = self.text_encoder(ids.to(device))[0].to(self.unet.dtype)  # (M, 77, D)
+            embeds = self.text_encoder(ids.to(device))[0].to(self._placement().unet_dtype)  # (M, 77, D)
             fresh = dict(zip(missing, embeds.unbind(0)))
         with self._prompt_cache_lock:
             rows = [fresh[p] if p in fresh else self._prompt_cache[p] for p in prompt]
@@ -175,38 +204,70 @@ class InstantPortraitPipeline(DiffusionPipeline):
         with self._prompt_cache_lock:
             self._prompt_cache.clear()
 
+    def _placement(self) -> _Placement:
+        """The execution device and the UNet's / VAE's dtypes, cached. diffusers' ``_execution_device`` and
+        ``ModelMixin.dtype`` walk every submodule (milliseconds per access on SD1.5's UNet, several accesses per edit:
+        the largest host cost of a one-step call on CPU profiles); the cache is keyed on what changes when a network
+        moves, is cast or gets offloading hooks (``_module_key``: a few attribute reads per access). Inside a compiled
+        region the value computed before the region is used."""
+        cached = self._placement_cache
+        if cached is not None and torch.compiler.is_compiling():
+            return cached
+        key = tuple(_module_key(m) for m in (self.unet, self.vae, self.text_encoder))
+        if cached is None or cached.key != key:
+            cached = _Placement(key, self._execution_device, self.unet.dtype, self.vae.dtype)
+            self._placement_cache = cached
+        return cached
+
     def optimize(self, *, channels_last: bool = False, fuse_qkv: bool = False, compile: bool = False,
-                 compile_mode: str = "reduce-overhead", upcast_vae: bool = False) -> InstantPortraitPipeline:
+                 compile_mode: str = "reduce-overhead", upcast_vae: bool = False, compile_scope: str = "networks",
+                 compile_backend: str = "inductor") -> InstantPortraitPipeline:
         """Inference speed switches (each off by default in ``__call__``; this turns the chosen ones on).
 
         - ``channels_last``: NHWC memory format for UNet and VAE convolutions. Off by default: on an H100 with torch
           2.11, CUDA GroupNorm has no NHWC kernel, and the profile of the eager one-step 512² edit spent 41 % of its
           device time in GroupNorm and 26 % in the layout copies around it (BENCHMARKS.md §4).
         - ``fuse_qkv``: fuse attention q/k/v projections into one matmul (diffusers ``fuse_qkv_projections``).
-        - ``compile``: ``torch.compile`` the UNet and the VAE decoder; ``mode="reduce-overhead"`` uses CUDA graphs,
-          which need static shapes: keep resolution and batch size fixed per compiled pipeline.
-        - ``upcast_vae``: run the VAE in float32 when the rest is half precision (SD1.5's VAE is usually safe in
-          fp16; use this if decoded images show NaNs/black).
-        A tiny decoder set by ``use_tiny_decoder`` before this call gets ``channels_last`` and ``compile`` too.
+        - ``compile``: ``torch.compile``; ``mode="reduce-overhead"`` uses CUDA graphs, which need static shapes: keep
+          resolution and batch size fixed per compiled pipeline. ``compile_scope="networks"``: the UNet and the VAE
+          decoder, each on its own; ``"path"``: ``run_path`` (VAE or tiny encode -> UNet step(s) -> decode) as one
+          region with static shapes, so the device side of a call is one graph (one CUDA graph replay under
+          ``reduce-overhead``, which applies on CUDA only: elsewhere the mode falls back to the default).
+          ``compile_backend``: ``"inductor"``, or ``"eager"`` / ``"aot_eager"`` (tracing only: the CPU tests).
+        - ``upcast_vae``: run the VAE in float32 when the rest is half precision. Where fp16 is safe: the UNet, the
+          text encoder and TAESD-layout tiny VAEs (no normalisation, bounded activations). Not always the full
+          ``AutoencoderKL`` decoder: its mid-block activations can overflow fp16 (SDXL's VAE does, hence
+          ``force_upcast`` in VAE configs; SD1.5's on some images), giving NaN/black images: upcast it then.
+        Tiny VAE halves set by ``use_tiny_decoder`` / ``use_tiny_vae`` before this call get ``channels_last`` and
+        ``compile`` (scope ``networks``) too.
         Attention uses PyTorch SDPA (flash / memory-efficient kernels) by default in diffusers; nothing to switch.
         Half precision is chosen at load time: ``from_pretrained(..., dtype=torch.float16)``.
         """
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {compile_scope!r}")
         self.clear_prompt_cache()
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             self.vae.to(memory_format=torch.channels_last)
-            if self._tiny_decoder is not None:
-                self._tiny_decoder.to(memory_format=torch.channels_last)
+            for tiny in (self._tiny_encoder, self._tiny_decoder):
+                if tiny is not None:
+                    tiny.to(memory_format=torch.channels_last)
         if fuse_qkv:
             self.unet.fuse_qkv_projections()
             self.vae.fuse_qkv_projections()
         if upcast_vae:
             self.vae.to(dtype=torch.float32)
-        if compile:
+        if compile and compile_scope == "path":
+            cuda_graphs_ok = compile_mode != "reduce-overhead" or self._placement().device.type == "cuda"
+            mode = {"mode": compile_mode if cuda_graphs_ok else None} if compile_backend == "inductor" else {}
+            self._compiled_path = torch.compile(self.run_path, backend=compile_backend, fullgraph=True,
+                                                dynamic=False, **mode)
+        elif compile:
             self.unet = torch.compile(self.unet, mode=compile_mode, fullgraph=True)
             self.vae.decoder = torch.compile(self.vae.decoder, mode=compile_mode, fullgraph=True)
-            if self._tiny_decoder is not None:
-                self._tiny_decoder.compile(mode=compile_mode, fullgraph=True)  # in place: weight names unchanged
+            for tiny in (self._tiny_encoder, self._tiny_decoder):
+                if tiny is not None:
+                    tiny.compile(mode=compile_mode, fullgraph=True)  # in place: weight names unchanged
         return self
 
     # ------------------------------------------------------------------ decoder choice
@@ -237,29 +298,70 @@ class InstantPortraitPipeline(DiffusionPipeline):
         self._tiny_decoder = None
         return self
 
+    def use_tiny_vae(self, vae: Any = "taesd") -> InstantPortraitPipeline:
+        """Encode and decode with a TAESD-layout ``AutoencoderTiny`` from now on (see ``pipelines.tiny_vae``).
+
+        ``vae``: an ``AutoencoderTiny``, a folder saved by its ``save_pretrained`` (``train.train_tiny_decoder
+        --encoder`` writes one), ``"taesd"`` (madebyollin/taesd through ``config.MODELS``, for SD-class VAEs) or a
+        Hub id. A missing TAESD raises ``ModelNotAvailableError`` at once, naming the download command; a VAE that
+        does not fit this pipeline's latents raises ``ValueError`` and changes nothing. Text and UNet are untouched;
+        ``use_full_vae`` switches back, ``use_tiny_decoder`` / ``use_full_decoder`` still change the decoder alone.
+        """
+        from instantportrait.pipelines.tiny_vae import check_tiny_vae, load_tiny_vae, tiny_decoder_of
+
+        ae = load_tiny_vae(vae)
+        check_tiny_vae(ae, self.vae.config)
+        torch.nn.Module.to(ae, device=self.vae.device, dtype=self.vae.dtype)  # ModelMixin.to warns needlessly
+        ae.eval().requires_grad_(False)
+        self._tiny_encoder, self._tiny_decoder = ae.encoder, tiny_decoder_of(ae)
+        return self
+
+    def use_full_vae(self) -> InstantPortraitPipeline:
+        """Encode and decode with the pipeline's ``AutoencoderKL`` again (the default)."""
+        self._tiny_encoder = self._tiny_decoder = None
+        return self
+
     def to(self, *args, **kwargs) -> InstantPortraitPipeline:
-        """``DiffusionPipeline.to``; a tiny decoder follows the VAE's device and dtype."""
+        """``DiffusionPipeline.to``; the tiny encoder and decoder follow the VAE's device and dtype."""
         super().to(*args, **kwargs)
-        if self._tiny_decoder is not None:
-            self._tiny_decoder.to(device=self.vae.device, dtype=self.vae.dtype)
+        for tiny in (self._tiny_encoder, self._tiny_decoder):
+            if tiny is not None:
+                tiny.to(device=self.vae.device, dtype=self.vae.dtype)
         return self
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1], (B, 3, H, W) -> source latents (B, 4, H/f, W/f), unscaled mode (as InstructPix2Pix)."""
-        return self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.mode()
+        """Pixels in [-1, 1], (B, 3, H, W) -> source latents (B, 4, H/f, W/f), unscaled mode (as InstructPix2Pix);
+        after ``use_tiny_vae``, the tiny encoder's (scaled) latents brought to the same unscaled units."""
+        dtype = self._placement().vae_dtype
+        tiny = self._tiny_encoder
+        if tiny is not None:
+            tiny_dtype = next(tiny.parameters()).dtype
+            return tiny(pixels.to(tiny_dtype)).to(dtype) / self.vae.config.scaling_factor  # (B, 4, h, w)
+        return self.vae.encode(pixels.to(dtype)).latent_dist.mode()
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled clean latents (B, 4, h, w) -> pixels (B, 3, H, W) in [-1, 1], with the full VAE decoder or, after
         ``use_tiny_decoder``, the tiny one (on the latents' device: CPU offload moves only the VAE)."""
         tiny = self._tiny_decoder
+        dtype = self._placement().vae_dtype
         if tiny is not None:
-            if tiny.device != latents.device or tiny.dtype != self.vae.dtype:
-                tiny.to(device=latents.device, dtype=self.vae.dtype)
+            if not torch.compiler.is_compiling() and (tiny.device != latents.device or tiny.dtype != dtype):
+                tiny.to(device=latents.device, dtype=dtype)
             return tiny.decode(latents)
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return self.vae.decode(latents.to(dtype) / self.vae.config.scaling_factor).sample
 
     def alpha_bar(self, timestep: int, device: torch.device) -> torch.Tensor:
-        return self.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)[int(timestep)]
+        """ᾱ_t, a 0-d float32 tensor on ``device``. The schedule is copied to each device once: a copy per call from
+        pageable host memory would make every call wait for the device."""
+        key = str(device)
+        if torch.compiler.is_compiling():
+            return self._alphas_on[key][1][int(timestep)]
+        schedule = self.scheduler.alphas_cumprod
+        source, table = self._alphas_on.get(key, (None, None))
+        if source is not schedule:  # first use on this device, or another scheduler
+            table = schedule.to(device=device, dtype=torch.float32)
+            self._alphas_on[key] = (schedule, table)
+        return table[int(timestep)]
 
     def start_latents(self, source_latents: torch.Tensor, generator: torch.Generator | list | None,
                       timestep: int | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -281,57 +383,114 @@ class InstantPortraitPipeline(DiffusionPipeline):
                               timestep: int | None = None) -> torch.Tensor:
         """One network evaluation: (z_t ‖ source latent, text) -> x̂0 (scaled latent space, float32). Differentiable."""
         t = self.config.timestep if timestep is None else timestep
-        model_in = torch.cat([start, source_latents.float()], dim=1).to(self.unet.dtype)  # (B, 8, h, w)
+        model_in = torch.cat([start, source_latents.float()], dim=1).to(self._placement().unet_dtype)  # (B, 8, h, w)
         t_tensor = torch.full((start.shape[0],), t, device=start.device, dtype=torch.long)
         out = self.unet(model_in, t_tensor, encoder_hidden_states=prompt_embeds).sample.float()  # (B, 4, h, w)
         return predicted_x0(out, start.float(), self.alpha_bar(t, start.device),
                             self.scheduler.config.prediction_type)
+
+    # ------------------------------------------------------------------ the device side of a call
+    def prepare_pixels(self, images: list, height: int, width: int, device: torch.device) -> torch.Tensor:
+        """Checked images -> pixels (B, 3, height, width) in [-1, 1] on ``device``.
+
+        3-channel tensors (read as [0, 1]) take the hot path: joined, moved, resized only when their size is off and
+        mapped to [-1, 1], their values never read on the host (diffusers' ``preprocess`` reads the minimum to detect
+        [-1, 1] input, which waits for the device). PIL images and arrays go through ``VaeImageProcessor.preprocess``.
+        """
+        if all(isinstance(im, torch.Tensor) and im.ndim in (3, 4) and im.shape[-3] == 3 for im in images):
+            x = torch.cat([im if im.ndim == 4 else im.unsqueeze(0) for im in images]).to(device, non_blocking=True)
+            if tuple(x.shape[-2:]) != (height, width):
+                x = self.image_processor.resize(x, height, width)  # (B, 3, height, width)
+            return 2.0 * x - 1.0
+        return self.image_processor.preprocess(images, height=height, width=width).to(device)  # (B, 3, H, W)
+
+    def start_noise(self, shape: tuple[int, ...], generator: torch.Generator | list | None,
+                    device: torch.device) -> torch.Tensor:
+        """One step's ε, float32 on ``device``, drawn as ``randn_tensor`` draws it (on the generators' device: CPU
+        generators give the same numbers on every device). A CPU draw for a CUDA device is pinned and copied
+        asynchronously, so the call does not wait for the device here."""
+        gens = generator if isinstance(generator, list) else [generator]
+        if device.type != "cuda" or any(g is None or g.device.type != "cpu" for g in gens):
+            return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        return noise.pin_memory().to(device, non_blocking=True)  # (B, 4, h, w)
+
+    def run_path(self, pixels: torch.Tensor, prompt_embeds: torch.Tensor, noises: tuple[torch.Tensor, ...],
+                 decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode, one network evaluation per start noise, decode: everything a call runs on the device, as a pure
+        function of tensors (no host reads), which ``optimize(compile_scope="path")`` compiles as one region.
+
+        Step 2 edits step 1's output (it is step 2's source latent, in latent space) from a fresh start drawn by the
+        same rule, so 2 steps are inference-only: the trainer trains the one-step map. Returns the scaled clean
+        latents (B, 4, h, w) and, with ``decode``, pixels (B, 3, H, W) in [-1, 1] (float32), else ``None``.
+        """
+        source_latents = self.encode_image(pixels)  # (B, 4, h, w)
+        latents = source_latents
+        for noise in noises:
+            start = self.start_latents(source_latents, None, noise=noise)  # (B, 4, h, w)
+            latents = self.predict_clean_latents(start, source_latents, prompt_embeds)  # (B, 4, h, w)
+            source_latents = latents / self.vae.config.scaling_factor
+        return latents, self.decode_latents(latents).float() if decode else None
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(self, image: Any = None, prompt: str | list[str] | None = None, num_inference_steps: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  prompt_embeds: torch.Tensor | None = None, output_type: str = "pil",
-                 return_dict: bool = True) -> InstantPortraitPipelineOutput | tuple:
+                 return_dict: bool = True, non_blocking: bool = False) -> InstantPortraitPipelineOutput | tuple:
         """Edit ``image`` (one or a batch) following ``prompt``.
 
         Returns images of the input size. ``num_inference_steps`` is 1 (one-step edit) or 2 (the first output is
         the second step's source). The same ``generator`` seed gives the same image.
+
+        For users: PIL images (or (H, W, 3) arrays) in, ``output_type="pil"`` / ``"np"`` out. For real time: a
+        (B, 3, H, W) tensor in [0, 1] on the pipeline's device and ``output_type="pt"``: the result stays on the
+        device and nothing in the call waits for it; ``non_blocking=True`` (CUDA, ``"pt"`` / ``"latent"``) instead
+        copies it into pinned host memory asynchronously: synchronise once (``torch.cuda.current_stream()
+        .synchronize()``) before reading it.
         """
         # 1. Check inputs
         images, prompts = self.check_inputs(image, prompt, num_inference_steps, prompt_embeds, output_type)
-        device = self._execution_device
+        if non_blocking and output_type not in ("pt", "latent"):
+            raise ValueError(f"non_blocking=True returns tensors: use output_type 'pt' or 'latent', not "
+                             f"{output_type!r}.")
+        place = self._placement()
+        device = place.device
         width, height = _image_size(images[0])
 
-        # 2. Encode the instruction
+        # 2. Encode the instruction (cached per instruction)
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompt(prompts, device)  # (B, 77, D)
-        prompt_embeds = prompt_embeds.to(device=device, dtype=self.unet.dtype)
+        prompt_embeds = prompt_embeds.to(device=device, dtype=place.unet_dtype)
 
-        # 3. Encode the source image
+        # 3. Source pixels at a multiple of the VAE factor, and every step's start noise, drawn up front (the same
+        #    draws, in the same order, as one draw per step)
         f = self.vae_scale_factor
         proc_h, proc_w = max(f, height // f * f), max(f, width // f * f)
-        pixels = self.image_processor.preprocess(images, height=proc_h, width=proc_w).to(device)  # (B, 3, H, W)
-        source_latents = self.encode_image(pixels)  # (B, 4, H/f, W/f)
+        pixels = self.prepare_pixels(images, proc_h, proc_w, device)  # (B, 3, H, W) in [-1, 1]
+        shape = (pixels.shape[0], self.vae.config.latent_channels, proc_h // f, proc_w // f)
+        noises = tuple(self.start_noise(shape, generator, device) for _ in range(num_inference_steps))
+        self.alpha_bar(self.config.timestep, device)  # the schedule's copy on the device, read inside run_path
 
-        # 4. One network evaluation per step; step 2 edits step 1's output (it is step 2's source latent) from a
-        #    fresh start drawn by the same rule, so 2 steps are inference-only: the trainer trains the one-step map
-        latents = None
-        for _ in range(num_inference_steps):
-            start = self.start_latents(source_latents, generator)
-            latents = self.predict_clean_latents(start, source_latents, prompt_embeds)  # (B, 4, h, w)
-            source_latents = latents / self.vae.config.scaling_factor
+        # 4. Encode, one network evaluation per step, decode (one compiled region after optimize(compile_scope=...))
+        run = self._compiled_path or self.run_path
+        latents, decoded = run(pixels, prompt_embeds, noises, decode=output_type != "latent")
 
-        # 5. Decode and return at the input size
+        # 5. Return at the input size
         if output_type == "latent":
             result = latents
         else:
-            decoded = self.decode_latents(latents).float()  # (B, 3, H, W) in [-1, 1]
             if (proc_h, proc_w) != (height, width):
                 decoded = torch.nn.functional.interpolate(decoded, size=(height, width), mode="bicubic",
                                                           align_corners=False)
-            result = self.image_processor.postprocess(decoded, output_type=output_type,
-                                                      do_denormalize=[True] * decoded.shape[0])
+            if output_type == "pt":  # postprocess's denormalisation in one op instead of one per image
+                result = (decoded * 0.5 + 0.5).clamp(0, 1)  # (B, 3, H, W) in [0, 1]
+            else:
+                result = self.image_processor.postprocess(decoded, output_type=output_type,
+                                                          do_denormalize=[True] * decoded.shape[0])
+        if non_blocking and result.device.type == "cuda":
+            host = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+            result = host.copy_(result, non_blocking=True)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)

@@ -214,6 +214,16 @@ def format_quality(q: dict[str, Any]) -> str:
                  f"{edits['l1_tiny_to_full']:.4f} "
                  f"(PSNR {edits['psnr_tiny_to_full']:.2f} dB); L1 to the rendered target: full "
                  f"{edits['l1_full_to_target']:.4f}, tiny {edits['l1_tiny_to_target']:.4f}.")
+    enc = q.get("encoder")
+    if enc:
+        text += ("\n\nTiny encoder (both VAE sides, `pipe.use_tiny_vae`): latent L1 to the full encoder "
+                 f"{enc['latent_l1_to_full']:.4f} (scaled units); images through tiny encoder + full decoder: L1 "
+                 f"{enc['tiny_encoder_full_decoder']['l1_to_image']:.4f}, PSNR "
+                 f"{enc['tiny_encoder_full_decoder']['psnr_to_image']:.2f} dB; tiny encoder + tiny decoder: L1 "
+                 f"{enc['tiny_encoder_tiny_decoder']['l1_to_image']:.4f}, PSNR "
+                 f"{enc['tiny_encoder_tiny_decoder']['psnr_to_image']:.2f} dB; ms / encode full "
+                 f"{enc['latency_ms']['full']:.2f}, tiny {enc['latency_ms']['tiny']:.2f}; GFLOP / encode full "
+                 f"{enc['gflop']['full']:.3f}, tiny {enc['gflop']['tiny']:.3f}.")
     return text
 
 

@@ -22,6 +22,7 @@ from train.build_dataset.export import (
 )
 from train.build_dataset.plan import (
     COORD_DECIMALS,
+    EVALUATION_FACE,
     GENERATION_FAILED,
     HUB_SOURCES_DIR,
     LOW_CLIP_T,
@@ -309,6 +310,14 @@ def resolve_sources(sources: str, out: Path, *, split: str, image_column: str,
     return root, files
 
 
+def _filter_record(face: Any) -> dict[str, Any]:
+    """The identity filter's model for ``dataset.json``, with how it relates to the evaluation's model."""
+    same = face.backend == EVALUATION_FACE
+    return {**face.describe(), "evaluation_backend": EVALUATION_FACE, "same_as_evaluation": same,
+            "choice": ("the benchmark's own evaluation model: pairs are selected by the judge that scores the result"
+                       if same else "a different model from the benchmark's evaluation model (independent filter)")}
+
+
 def load_components(config: BuildConfig, locations: Locations, device: str) -> Components:
     """Build (and load) the generator and the enabled scorers; ModelNotAvailableError fast when one is missing."""
     import torch
@@ -327,12 +336,11 @@ def load_components(config: BuildConfig, locations: Locations, device: str) -> C
                             image_guidance_scale=config.image_guidance_scale)
     face = clip = None
     if config.face_filter:
-        from instantportrait.face.encoder import FaceEncoder
+        from instantportrait.eval.scorer import face_encoder
 
         pack: str | Path = Path(locations.face_pack) if Path(locations.face_pack).expanduser().is_dir() \
             else locations.face_pack
-        face = FaceEncoder(pack, device=device, det_size=(config.det_size, config.det_size),
-                           det_thresh=config.det_thresh).load()
+        face = face_encoder(pack, device=device, det_size=config.det_size, det_thresh=config.det_thresh).load()
     if config.clip_filter:
         from instantportrait.eval.clip_score import ClipScorer
 
@@ -349,7 +357,7 @@ def load_components(config: BuildConfig, locations: Locations, device: str) -> C
                               "image_guidance_scale": config.image_guidance_scale}}
     return Components(editor, settings, face, clip, {
         "generator": generator,
-        "face_model": face.describe() if face is not None else None,
+        "face_model": _filter_record(face) if face is not None else None,
         "clip": clip.describe() if clip is not None else None,
     })
 

@@ -5,7 +5,8 @@ Builds the paired portrait-edit set IDE-Net trains on (README "Training", step 1
     source portraits (a folder, or a Hub dataset id when ``datasets`` is installed)
       x instructions (templates over the poster's categories, train/instructions.py, or ``--instructions FILE``)
       -> a target from a slow generator of the method registry (``--generator``, default instructpix2pix)
-      -> filters: identity similarity source vs target (FaceEncoder, ``--min-identity``) and CLIP-T of the target
+      -> filters: identity similarity source vs target (dlib by default, ``--face-pack``, ``--min-identity``) and
+         CLIP-T of the target
          against the instruction's target caption (ClipScorer, ``--min-clip-t``), both thresholds recorded
       -> ``OUT/manifest.jsonl`` + ``OUT/images/{src,tgt}/`` + ``OUT/dataset.json`` (format "instantportrait-pairs/1";
          trainers read the rows with ``"passed": true``).
@@ -50,7 +51,10 @@ from train.build_dataset.export import (
     write_build_json,
 )
 from train.build_dataset.plan import (
+    ARCFACE_MIN_IDENTITY,
     BUILD_JSON,
+    DEFAULT_FILTER_FACE,
+    DLIB_MIN_IDENTITY,
     BuildConfig,
     BuildError,
     Locations,
@@ -133,11 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=sorted(_DTYPES), help="default: float16 on CUDA, else float32")
     gen.add_argument("--batch-size", type=int, default=1, help="rows generated per call (default: 1)")
     flt = p.add_argument_group("filters")
-    flt.add_argument("--face-pack", default="buffalo_l", help="insightface pack name or folder (default: buffalo_l)")
+    flt.add_argument("--face-pack", default=None,
+                     help="face model of the identity filter: dlib (default: not the benchmark's evaluation model, "
+                          "buffalo_l, so the data is not picked by its own judge), or an insightface pack name/folder")
     flt.add_argument("--det-size", type=int, default=640, help="face detector input size (default: 640)")
     flt.add_argument("--det-thresh", type=float, default=0.5, help="face detector threshold (default: 0.5)")
-    flt.add_argument("--min-identity", type=float, default=0.4,
-                     help="minimum ArcFace cosine source vs target (default: 0.4)")
+    flt.add_argument("--min-identity", type=float, default=None,
+                     help=f"minimum face cosine source vs target (default: {DLIB_MIN_IDENTITY} with dlib, on its "
+                          f"compressed scale; {ARCFACE_MIN_IDENTITY} with an ArcFace pack)")
     flt.add_argument("--no-face-filter", action="store_true", help="no face detection / identity filter")
     flt.add_argument("--clip", help="CLIP variant (e.g. ViT-L/14) or weights file (default: the config's clip)")
     flt.add_argument("--min-clip-t", type=float, default=0.2, help="minimum CLIP-T of target vs caption "
@@ -150,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--merge", action="store_true", help="only merge the part files of --out into the manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def min_identity(args: argparse.Namespace) -> float:
+    """``--min-identity``, or the default of the filter's face model (cosines of dlib and ArcFace differ in scale)."""
+    if args.min_identity is not None:
+        return args.min_identity
+    return DLIB_MIN_IDENTITY if (args.face_pack or DEFAULT_FILTER_FACE) == "dlib" else ARCFACE_MIN_IDENTITY
 
 
 def _config_from_args(args: argparse.Namespace, files: list[str], dtype: str) -> BuildConfig:
@@ -172,7 +186,7 @@ def _config_from_args(args: argparse.Namespace, files: list[str], dtype: str) ->
         max_sources=args.max_sources, resolution=args.resolution, generator=args.generator,
         num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
         image_guidance_scale=args.image_guidance_scale, dtype=dtype,
-        face_filter=not args.no_face_filter, min_identity=None if args.no_face_filter else args.min_identity,
+        face_filter=not args.no_face_filter, min_identity=None if args.no_face_filter else min_identity(args),
         det_size=args.det_size, det_thresh=args.det_thresh,
         clip_filter=not args.no_clip_filter, min_clip_t=None if args.no_clip_filter else args.min_clip_t)
 
@@ -197,7 +211,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.instructions_per_source < 0:
         p.error(f"--instructions-per-source must be >= 0, got {args.instructions_per_source}")
     for name in ("min_identity", "min_clip_t"):
-        if not -1.0 <= getattr(args, name) <= 1.0:
+        if getattr(args, name) is not None and not -1.0 <= getattr(args, name) <= 1.0:
             p.error(f"--{name.replace('_', '-')} is a cosine: it must be in [-1, 1], got {getattr(args, name)}")
     if (args.num_shards is None) != (args.shard_index is None):
         p.error("--num-shards and --shard-index go together")
@@ -246,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _finish(out, plan, num_shards, shard_index)
         locations = Locations(sources=str(args.sources), source_root=str(root),
                               instructions_file=str(args.instructions) if args.instructions else None,
-                              generator_model=args.generator_model, face_pack=args.face_pack, clip=args.clip)
+                              generator_model=args.generator_model, face_pack=args.face_pack or DEFAULT_FILTER_FACE,
+                              clip=args.clip)
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # the row bar is the one progress bar

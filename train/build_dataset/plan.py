@@ -103,6 +103,16 @@ class BuildConfig:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+# The identity filter's default face model: dlib (real, CC0), a different model from the one the benchmark evaluates
+# identity with (buffalo_l's ArcFace), so that pairs are not selected by the judge that later scores the trained model.
+DEFAULT_FILTER_FACE = "dlib"
+EVALUATION_FACE = "insightface:buffalo_l"
+ARCFACE_MIN_IDENTITY = 0.4  # ArcFace cosine, just above its same-person 0.36
+# dlib's cosines are compressed (about 0.96 for two photos of one person vs 0.86 for different people, see
+# instantportrait.face.dlib_backend): the midpoint, as 0.4 sits at ArcFace's own boundary.
+DLIB_MIN_IDENTITY = 0.91
+
+
 @dataclass
 class Locations:
     """Where things were read from (recorded in ``build.json`` for the record; not compared on resume)."""
@@ -111,7 +121,7 @@ class Locations:
     source_root: str = ""
     instructions_file: str | None = None
     generator_model: str | None = None
-    face_pack: str = "buffalo_l"
+    face_pack: str = DEFAULT_FILTER_FACE
     clip: str | None = None
 
 

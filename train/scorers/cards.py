@@ -58,9 +58,9 @@ Load: `FaceEncoder("instantportrait/demo/models/{FACE_PACK_DIR}")` (insightface 
 Training data: renders of the demo world `World(seed={cfg.world_seed}, num_identities={cfg.num_identities})`'s
 train split plus {cfg.aux_identities} people of another world (seed {AUX_WORLD_SEED_OFFSET + cfg.world_seed}),
 {cfg.views} scenes each, every scene without and with random edits (glasses, hats, beards, backgrounds, grayscale,
-sepia, neon, ...), so edits are augmentations the encoder learns to ignore. Detector: {cfg.det_steps} steps of
-{cfg.det_batch} (zoom 0.5-1.5x, flips, letterboxing, blur, noise, random det_size; {cfg.det_negative_prob:.0%}
-face-free images). Encoder: {cfg.rec_steps} steps of {cfg.rec_batch} crops with jittered landmarks. Seed
+sepia, neon, ...), so edits are augmentations the encoder learns to ignore. Detector: {cfg.det.steps} steps of
+{cfg.det.batch} (zoom 0.5-1.5x, flips, letterboxing, blur, noise, random det_size; {cfg.det_negative_prob:.0%}
+face-free images). Encoder: {cfg.rec.steps} steps of {cfg.rec.batch} crops with jittered landmarks. Seed
 {cfg.seed}; `python -m train.train_scorers --out instantportrait/demo/models/` ({seconds / 60:.1f} min on this
 machine's CPU, face pack and CLIP together).
 
@@ -96,7 +96,7 @@ tags: [toy-model, synthetic-data, clip, instantportrait-demo]
 **A toy.** A small `clip.model.CLIP`: a ViT image tower at {cfg.clip_resolution} px with {cfg.clip_patch}-px
 patches and {cfg.clip_layers} layers of width 64, a text transformer of {cfg.clip_layers} layers of width 64 over
 the real 49408-token vocabulary and 77-token context, a {cfg.clip_embed_dim}-d joint space. Trained contrastively
-for {cfg.clip_steps} steps of {cfg.clip_batch} on (image, description) pairs of the synthetic portrait world. It
+for {cfg.clip.steps} steps of {cfg.clip.batch} on (image, description) pairs of the synthetic portrait world. It
 knows this world's words only (glasses, sunglasses, headset, hats, mustache, beard, shirts, plaid, t-shirt, blue
 drape, forest, underwater, grayscale yearbook, sepia, neon, skin tones, hair, eyes, backdrops) and has never seen
 a photograph.

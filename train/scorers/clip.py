@@ -68,13 +68,13 @@ def train_clip(pool: Pool, cfg: ScorerConfig, log: Any) -> nn.Module:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
-                            lr=cfg.clip_lr, betas=(0.9, 0.98))
+                            lr=cfg.clip.lr, betas=(0.9, 0.98))
     model.train()
     n_pairs = len(pool) // 2
 
     def step_fn(step: int) -> StepResult:
         rng = np.random.default_rng([cfg.seed, TAG_CLIP, step])
-        pairs = rng.choice(n_pairs, size=cfg.clip_batch // 2, replace=False)
+        pairs = rng.choice(n_pairs, size=cfg.clip.batch // 2, replace=False)
         rows = np.stack([2 * pairs, 2 * pairs + 1], 1).reshape(-1)  # (B,)
         which = rng.choice(3, size=len(rows), p=[0.5, 0.3, 0.2])
         tid = np.array([variants[w][r] for w, r in zip(which, rows)])  # (B,)
@@ -91,10 +91,10 @@ def train_clip(pool: Pool, cfg: ScorerConfig, log: Any) -> nn.Module:
         same = torch.from_numpy(tid[:, None] == tid[None, :]).float()  # (B, B) identical texts are positives
         loss = 0.5 * (-(same / same.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
                       - (same / same.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean())
-        return loss, lambda: (f"  clip step {step:4d}/{cfg.clip_steps}  loss {loss.item():.3f}  scale "
+        return loss, lambda: (f"  clip step {step:4d}/{cfg.clip.steps}  loss {loss.item():.3f}  scale "
                               f"{model.logit_scale.exp().item():.1f}")
 
-    one_cycle_loop(opt, cfg.clip_lr, cfg.clip_steps, 0.1, step_fn, log)
+    one_cycle_loop(opt, cfg.clip.lr, cfg.clip.steps, 0.1, step_fn, log)
     return model.eval()
 
 

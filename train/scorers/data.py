@@ -34,6 +34,22 @@ TAG_POOL, TAG_DET, TAG_REC, TAG_CLIP, TAG_EVAL = 101, 102, 103, 104, 105
 
 
 # ============================================================================================== config
+@dataclass(frozen=True)
+class Schedule:
+    """One scorer's training schedule: ``steps`` optimiser steps of ``batch`` examples, one-cycle learning rate
+    peaking at ``lr`` (:func:`train.loops.one_cycle_loop`)."""
+
+    steps: int
+    batch: int
+    lr: float
+
+    def check(self, name: str) -> None:
+        for key in ("steps", "batch"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}.{key} must be an int >= 1, got {value!r}")
+
+
 @dataclass
 class ScorerConfig:
     """Everything that defines a run (``--quick`` shrinks it with :meth:`quick`)."""
@@ -48,16 +64,12 @@ class ScorerConfig:
     # detector
     det_resolution: int = 96  # internal resolution the exported graph resizes its input to (multiple of 32)
     det_width: int = 32
-    det_steps: int = 800
-    det_batch: int = 48
-    det_lr: float = 4e-3
+    det: Schedule = Schedule(steps=800, batch=48, lr=4e-3)
     det_negative_prob: float = 0.25
     # identity encoder
     rec_dim: int = 128
     rec_width: int = 32
-    rec_steps: int = 1200
-    rec_batch: int = 64
-    rec_lr: float = 3e-3
+    rec: Schedule = Schedule(steps=1200, batch=64, lr=3e-3)
     rec_margin: float = 0.3  # CosFace margin
     rec_scale: float = 24.0
     # CLIP
@@ -65,16 +77,15 @@ class ScorerConfig:
     clip_patch: int = 16
     clip_layers: int = 2
     clip_embed_dim: int = 64
-    clip_steps: int = 800
-    clip_batch: int = 64
-    clip_lr: float = 1e-3
+    clip: Schedule = Schedule(steps=800, batch=64, lr=1e-3)
     # evaluation on the demo world's test split
     eval_samples: int = 100
     eval_blank: int = 24
 
     def __post_init__(self) -> None:
-        for name in ("num_identities", "aux_identities", "views", "threads", "det_steps", "det_batch", "rec_steps",
-                     "rec_batch", "clip_steps", "clip_batch", "eval_samples"):
+        for name in ("det", "rec", "clip"):
+            getattr(self, name).check(name)
+        for name in ("num_identities", "aux_identities", "views", "threads", "eval_samples"):
             value = getattr(self, name)
             least = 0 if name == "aux_identities" else 1
             if not isinstance(value, int) or value < least:
@@ -84,14 +95,14 @@ class ScorerConfig:
         if self.clip_resolution % self.clip_patch:
             raise ValueError(f"clip_resolution ({self.clip_resolution}) must be a multiple of clip_patch "
                              f"({self.clip_patch})")
-        if self.clip_batch % 2:
-            raise ValueError(f"clip_batch must be even (source/target pairs), got {self.clip_batch}")
+        if self.clip.batch % 2:
+            raise ValueError(f"clip.batch must be even (source/target pairs), got {self.clip.batch}")
 
     def quick(self) -> ScorerConfig:
         """A seconds-long smoke run (tests): tiny data, a few steps, a small evaluation."""
-        return dataclasses.replace(self, num_identities=30, aux_identities=6, views=1, det_steps=3, det_batch=8,
-                                   rec_steps=3, rec_batch=16, clip_steps=3, clip_batch=8, eval_samples=4,
-                                   eval_blank=2)
+        return dataclasses.replace(self, num_identities=30, aux_identities=6, views=1, det=Schedule(3, 8, self.det.lr),
+                                   rec=Schedule(3, 16, self.rec.lr), clip=Schedule(3, 8, self.clip.lr),
+                                   eval_samples=4, eval_blank=2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

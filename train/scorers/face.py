@@ -252,13 +252,13 @@ def train_detector(pool: Pool, cfg: ScorerConfig, log: Any) -> DetectorNet:
     and landmarks of the face cells (weighted toward the centre)."""
     torch.manual_seed(cfg.seed)
     net = DetectorNet(cfg.det_width)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.det_lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.det.lr, weight_decay=1e-4)
     net.train()
 
     def step_fn(step: int) -> StepResult:
         rng = np.random.default_rng([cfg.seed, TAG_DET, step])
         items = [det_example(pool, None if rng.random() < cfg.det_negative_prob else int(rng.integers(len(pool))),
-                             rng, cfg.det_resolution) for _ in range(cfg.det_batch)]
+                             rng, cfg.det_resolution) for _ in range(cfg.det.batch)]
         blob = torch.from_numpy(np.stack([it[0] for it in items]))  # (B, 3, R, R)
         pos = torch.from_numpy(np.stack([it[1] for it in items]))[:, None]  # (B, 1, g, g) presence
         cen = torch.from_numpy(np.stack([it[2] for it in items]))[:, None]  # (B, 1, g, g) centrality
@@ -274,10 +274,10 @@ def train_detector(pool: Pool, cfg: ScorerConfig, log: Any) -> DetectorNet:
         l_box = (F.smooth_l1_loss(box, box_t, reduction="none", beta=0.1) * w).sum() / (4 * w.sum().clamp_min(1.0))
         l_kp = (F.smooth_l1_loss(kp, kp_t, reduction="none", beta=0.1) * w).sum() / (10 * w.sum().clamp_min(1.0))
         return focal + 0.5 * l_cen + l_box + 2.0 * l_kp, lambda: (
-            f"  detector step {step:4d}/{cfg.det_steps}  presence {focal.item():.4f}  centre {l_cen.item():.4f}  "
+            f"  detector step {step:4d}/{cfg.det.steps}  presence {focal.item():.4f}  centre {l_cen.item():.4f}  "
             f"box {l_box.item():.4f}  kps {l_kp.item():.4f}")
 
-    one_cycle_loop(opt, cfg.det_lr, cfg.det_steps, 0.15, step_fn, log)
+    one_cycle_loop(opt, cfg.det.lr, cfg.det.steps, 0.15, step_fn, log)
     return net.eval()
 
 
@@ -332,23 +332,23 @@ def train_identity(pool: Pool, cfg: ScorerConfig, log: Any) -> IdentityNet:
     net = IdentityNet(cfg.rec_dim, cfg.rec_width)
     centres = nn.Parameter(F.normalize(torch.randn(pool.num_classes, cfg.rec_dim), dim=1))
     params = [*net.parameters(), centres]
-    opt = torch.optim.AdamW(params, lr=cfg.rec_lr, weight_decay=5e-4)
+    opt = torch.optim.AdamW(params, lr=cfg.rec.lr, weight_decay=5e-4)
     net.train()
 
     def step_fn(step: int) -> StepResult:
         rng = np.random.default_rng([cfg.seed, TAG_REC, step])
-        ks = rng.integers(len(pool), size=cfg.rec_batch)
+        ks = rng.integers(len(pool), size=cfg.rec.batch)
         x = torch.from_numpy(np.stack([rec_example(pool, int(k), rng) for k in ks]))  # (B, 3, 112, 112)
         y = torch.from_numpy(pool.labels[ks])  # (B,)
         emb = F.normalize(net(x), dim=1)  # (B, D)
         cos = emb @ F.normalize(centres, dim=1).T  # (B, C)
-        margin = cfg.rec_margin * min(1.0, 2.0 * step / cfg.rec_steps + 0.2)  # margin warm-up
+        margin = cfg.rec_margin * min(1.0, 2.0 * step / cfg.rec.steps + 0.2)  # margin warm-up
         logits = cfg.rec_scale * (cos - margin * F.one_hot(y, pool.num_classes))
         loss = F.cross_entropy(logits, y)
-        return loss, lambda: (f"  identity step {step:4d}/{cfg.rec_steps}  loss {loss.item():.3f}  train acc "
+        return loss, lambda: (f"  identity step {step:4d}/{cfg.rec.steps}  loss {loss.item():.3f}  train acc "
                               f"{(cos.argmax(1) == y).float().mean().item():.2f}")
 
-    one_cycle_loop(opt, cfg.rec_lr, cfg.rec_steps, 0.1, step_fn, log)
+    one_cycle_loop(opt, cfg.rec.lr, cfg.rec.steps, 0.1, step_fn, log)
     return net.eval()
 
 

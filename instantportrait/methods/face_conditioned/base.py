@@ -49,6 +49,29 @@ def from_folder(cls: Any, folder: Path, dtype: torch.dtype, subfolder: str | Non
     return cls.from_pretrained(folder, **where, variant=weights_variant(path), dtype=dtype).eval()
 
 
+SDXL_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def vae_dtype(force_upcast: bool, dtype: torch.dtype) -> torch.dtype:
+    """SDXL's VAE overflows in fp16 (its config says ``force_upcast``): float32 then, else ``dtype``."""
+    return torch.float32 if dtype == torch.float16 and force_upcast else dtype
+
+
+def load_sdxl_base(base: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """An SDXL diffusers folder's UNet, VAE (see :func:`vae_dtype`), both text encoders and both tokenizers, on the
+    CPU in eval mode (InstantID and IP-Control-XL share the base)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    vae_cfg = AutoencoderKL.load_config(base, subfolder="vae")
+    return {"unet": from_folder(UNet2DConditionModel, base, dtype, "unet"),
+            "vae": from_folder(AutoencoderKL, base, vae_dtype(bool(vae_cfg.get("force_upcast", True)), dtype), "vae"),
+            "text_encoder": from_folder(CLIPTextModel, base, dtype, "text_encoder"),
+            "text_encoder_2": from_folder(CLIPTextModelWithProjection, base, dtype, "text_encoder_2"),
+            "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+            "tokenizer_2": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2")}
+
+
 def read_scheduler_config(base: Path) -> dict[str, Any]:
     """The base model's ``scheduler/scheduler_config.json``."""
     return dict(json.loads((base / "scheduler" / "scheduler_config.json").read_text()))
@@ -90,8 +113,8 @@ class FaceConditionedEditor(Editor):
     config: Any
 
     def __init__(self, *, device: str | torch.device, dtype: torch.dtype, model: str | None,
-                 resolution: int | None, base_model: str | None, config: Any) -> None:
-        super().__init__(device=device, dtype=dtype, model=model, resolution=resolution)
+                 resolution: int | None, base_model: str | None, config: Any, offload: str = "none") -> None:
+        super().__init__(device=device, dtype=dtype, model=model, resolution=resolution, offload=offload)
         self.base_override = base_model
         self.config = config
         self._random = False
@@ -140,12 +163,19 @@ class FaceConditionedEditor(Editor):
         )
 
         arch = self.config.architecture or (tiny() if random_architecture_name(self) == "tiny" else real())
-        nets = build(arch, self.device, self.dtype)
+        nets = build(arch, self.placement_device, self.dtype)
         unet = nets["unet"]
         install_ip_adapter(unet, group_ip_adapter_layers(unet, random_ip_adapter_state(unet)))
-        unet.to(self.device, self.dtype)
+        unet.to(self.placement_device, self.dtype)
         self._random = True
         return arch, nets, random_weights_tokenizer(arch.text_encoder["vocab_size"])
+
+    def _offload_order(self, loaded: Any) -> tuple[list[nn.Module], list[nn.Module]]:
+        """Text encoders and face-token projection, then the UNet and the VAE, in call order; the ControlNet runs in
+        turn with the UNet at every step, so it is hooked on its own (diffusers' ControlNet pipelines do the same)."""
+        loop_nets = (loaded.unet, loaded.vae, loaded.controlnet)
+        first = [m for m in self._modules(loaded) if all(m is not n for n in loop_nets)]
+        return [*first, loaded.unet, loaded.vae], [loaded.controlnet]
 
     # ----------------------------------------------------------------- facts
     def _settings(self, settings: EditSettings | None) -> dict[str, Any]:

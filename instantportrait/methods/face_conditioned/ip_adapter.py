@@ -2,9 +2,9 @@
 UNet's attention processors, installing :class:`~.attention.IPAttnProcessor`, folding IP-Adapter FaceID's LoRA into
 the attention weights, and random tensors in the same layout (random-weights builds and tiny releases).
 
-Release layout (``ip-adapter.bin`` / ``ip-adapter-faceid_sd15.bin``, a torch pickle of ``{"image_proj": {...},
-"ip_adapter": {...}}`` read with ``torch.load(weights_only=True)``; a flat ``image_proj.*`` / ``ip_adapter.*`` dict
-or safetensors file is also accepted):
+Release layout (``ip-adapter.bin`` / ``ip-adapter-faceid_sd15.bin`` / ``ip-adapter-faceid_sdxl.bin``, a torch
+pickle of ``{"image_proj": {...}, "ip_adapter": {...}}`` read with ``torch.load(weights_only=True)``; a flat
+``image_proj.*`` / ``ip_adapter.*`` dict or safetensors file is also accepted):
 
 * ``image_proj.<k>``: the face projection's parameters (:mod:`.resampler`).
 * ``ip_adapter.<N>.to_{k,v}_ip.weight`` -> the IP projections of the UNet attention processor at position ``N`` of

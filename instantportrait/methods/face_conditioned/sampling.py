@@ -36,6 +36,27 @@ def encode_clip_prompts(tokenizers: Sequence[Any], text_encoders: Sequence[nn.Mo
     return torch.cat(embeds, dim=-1), pooled  # (B, 77, sum D_i), (B, P) | None
 
 
+def encode_sdxl_prompts(tokenizers: Sequence[Any], text_encoders: Sequence[nn.Module], prompts: list[str],
+                        negative_prompt: str, size: tuple[int, int], cfg: bool,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """SDXL's text conditions, as its pipeline builds them: ``(text, negative text, added_cond)`` with both encoders'
+    penultimate layers, the pooled embedding and the size ids ``(h, w, 0, 0, h, w)`` (original size = target size
+    = ``size``, no crop) in ``added_cond``, already (uncond ‖ cond) under CFG. An empty negative prompt gives zeros
+    (SDXL's ``force_zeros_for_empty_prompt``)."""
+    n = len(prompts)
+    text, pooled = encode_clip_prompts(tokenizers, text_encoders, prompts, device, penultimate=True)  # (B, 77, D)
+    if negative_prompt:
+        neg, neg_pooled = encode_clip_prompts(tokenizers, text_encoders, [negative_prompt] * n, device,
+                                              penultimate=True)
+    else:
+        neg, neg_pooled = torch.zeros_like(text), torch.zeros_like(pooled)
+    w, h = size
+    time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32, device=device).repeat(n, 1)  # (B, 6)
+    added = {"text_embeds": torch.cat([neg_pooled, pooled]) if cfg else pooled,  # (2B, P) | (B, P)
+             "time_ids": torch.cat([time_ids, time_ids]) if cfg else time_ids}  # (2B, 6) | (B, 6)
+    return text, neg, added
+
+
 
 def initial_latents(generators: list[torch.Generator], shape: tuple[int, ...], sigma: float,
                     device: torch.device) -> torch.Tensor:

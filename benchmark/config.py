@@ -103,7 +103,9 @@ class BenchmarkConfig:
     def torch_dtype(self) -> torch.dtype:
         if self.dtype == "auto":
             return torch.float16 if torch.device(self.device).type == "cuda" else torch.float32
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.dtype]
+        from instantportrait.config import torch_dtype
+
+        return torch_dtype(self.dtype)
 
     def settings_for(self, method: str) -> Any:
         from instantportrait.methods import EditSettings

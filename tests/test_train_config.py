@@ -309,7 +309,7 @@ def test_ipnet_loss_settings_copy_the_config_by_field_name():
     assert (settings.disc_t_range, settings.sds_t_range, settings.triplet_crop_size) == ((10, 700), (5, 600), 64)
     derived_from = {"weights", "disc_t_min", "disc_t_max", "sds_t_min", "sds_t_max"}
     build_time = {"student_init", "timestep", "start", "discriminator", "disc_hidden", "disc_levels",
-                  "disc_learning_rate", "gen_update_ratio", "triplet_features", "identity_model"}
+                  "disc_learning_rate", "gen_update_ratio", "triplet_features", "triplet_clip", "identity_model"}
     own = {f.name for f in dataclasses.fields(IPNetConfig)} - {f.name for f in dataclasses.fields(TrainConfig)}
     assert own - names - derived_from == build_time
     # a setting with no config field of its name (and no derivation) is an error, not a silent default

@@ -73,7 +73,9 @@ def resolve_model_path(name: str) -> Path:
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype frozen models are cast to under ``mixed_precision``."""
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    from instantportrait.config import torch_dtype
+
+    return torch_dtype(mixed_precision) if mixed_precision in ("fp16", "bf16") else torch.float32
 
 
 def load_identity_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module | None:

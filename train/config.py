@@ -257,6 +257,9 @@ class IPNetConfig(TrainConfig):
     # triplet
     triplet_features: str = _help("auto (clip if `clip` is set, else vae) | clip | vae (VAE-encoder pooled)",
                                   default="auto")
+    triplet_clip: str | None = _help("CLIP (variant or weights file) for the triplet features; empty: `clip`. The "
+                                     "paper configs name another network than the evaluation's ViT-L/14, so "
+                                     "training does not optimise the benchmark's own metric", default=None)
     triplet_margin: float = _help("triplet margin", default=0.2)
     triplet_distance: str = _help("cosine | l2", default="cosine")
     face_crop_expand: float = _help("face box scale for the triplet crop and the L_pair face weighting", default=1.2)
@@ -283,7 +286,7 @@ class IPNetConfig(TrainConfig):
         if "perceptual" in self.distill_kind and self.distill_space != "pixel":
             raise ValueError(f"distill_kind={self.distill_kind!r} needs distill_space: pixel (the perceptual "
                              "features are VAE-encoder features of pixels)")
-        if self.triplet_features == "clip" and self.weights.triplet > 0 and not self.clip:
+        if self.triplet_features == "clip" and self.weights.triplet > 0 and not (self.triplet_clip or self.clip):
             raise ValueError("triplet_features: clip needs `clip` (a CLIP variant or weights file)")
         if self.weights.identity > 0 and self.identity_model.strip().lower() == "none":
             raise ValueError("weights.identity > 0 needs an identity_model (an insightface recognition ONNX)")

@@ -4,7 +4,7 @@ What one optimiser step of each trainer costs at the real scale, before renting 
 annealing identity loss through the VAE decoder and ArcFace) and IPNet (the full recipe of ``ipnet_full.yaml``: the
 teacher target by DDIM inversion and sampling, the discriminator turn, the adversarial, distillation, identity and
 triplet terms), both built with **random weights** in the real architecture (SD1.5 InstructPix2Pix UNet, VAE and
-CLIP text encoder; IResNet-100 ArcFace as antelopev2's glintr100; a CLIP ViT-L/14 vision tower for the triplet
+CLIP text encoder; IResNet-100 ArcFace as antelopev2's glintr100; a CLIP ViT-B/16 vision tower for the triplet
 features), gradient checkpointing on, the recipes' mixed precision (``--dtype``). Nothing is downloaded.
 
 The step is the trainers' own: ``Trainer.prepare`` + ``Trainer.train_step`` on the turns of
@@ -40,9 +40,10 @@ CONFIGS = Path(__file__).parent / "configs"
 RECIPES = {"idenet": CONFIGS / "idenet_aid.yaml", "ipnet": CONFIGS / "ipnet_full.yaml"}
 PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 LATENT_ARCH = {"sd15": "sd15-ip2p", "tiny": "tiny"}
-# CLIP ViT-L/14 vision tower (the recipe's `clip: ViT-L/14` triplet features), as transformers configures it.
-CLIP_VIT_L14_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                       "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 768}
+# CLIP ViT-B/16 vision tower (the recipe's `triplet_clip: ViT-B/16` triplet features, kept apart from the
+# evaluation's ViT-L/14), as transformers configures it.
+CLIP_VIT_B16_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                       "num_attention_heads": 12, "image_size": 224, "patch_size": 16, "projection_dim": 512}
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -80,19 +81,19 @@ def random_arcface(arch: str, device: torch.device) -> nn.Module:
 
 
 def random_clip_features(device: torch.device, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Pixels in [-1, 1] -> L2-normalised CLIP ViT-L/14 image embeddings (random weights, frozen), differentiable in
+    """Pixels in [-1, 1] -> L2-normalised CLIP ViT-B/16 image embeddings (random weights, frozen), differentiable in
     the input: the cost of ``ClipScorer.image_features_differentiable`` without its weights."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14_VISION)).to(device, dtype)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_B16_VISION)).to(device, dtype)
     model.requires_grad_(False).eval()
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
 
     def features(pixels: torch.Tensor) -> torch.Tensor:
         x = nn.functional.interpolate((pixels.float() + 1) / 2, size=(224, 224), mode="bicubic")  # (B, 3, 224, 224)
-        emb = model(pixel_values=((x - mean) / std).to(dtype)).image_embeds  # (B, 768)
-        return nn.functional.normalize(emb.float(), dim=-1)  # (B, 768)
+        emb = model(pixel_values=((x - mean) / std).to(dtype)).image_embeds  # (B, 512)
+        return nn.functional.normalize(emb.float(), dim=-1)  # (B, 512)
 
     return features
 
@@ -157,7 +158,7 @@ def build_ipnet(cfg: Any, trainer: Any, arch: str) -> Any:
                                  start=cfg.start)
     teacher = copy.deepcopy(student.unet)  # the student starts as a copy of its teacher
     student.unet.requires_grad_(True)
-    features = ((random_clip_features(dev, frozen), 224, "CLIP ViT-L/14 image features (random weights)")
+    features = ((random_clip_features(dev, frozen), 224, "CLIP ViT-B/16 image features (random weights)")
                 if arch == "sd15" else make_triplet_features(replace(cfg, triplet_features="vae"), student.vae, dev))
     wrapper, _ = assemble_wrapper(cfg, student, teacher, dev, frozen, random_arcface(arch, dev), features)
     return TrainerParts("ipnet", model=wrapper, unet=wrapper.student_unet, dataset=[],

@@ -170,17 +170,18 @@ class IPNetLossSettings:
 def make_triplet_features(cfg: IPNetConfig, vae: nn.Module, device: torch.device) -> tuple[FeatureFn, int, str]:
     """``(features(pixels in [-1, 1]) -> (B, D), crop size, description)`` for the triplet loss.
 
-    CLIP (``clip`` configured and ``triplet_features`` auto|clip): L2-normalised CLIP image embeddings of the face
-    crop. Fallback (``vae``, or auto without CLIP): the frozen VAE encoder's feature maps, each averaged over space
-    and concatenated, then L2-normalised, on a crop of ``min(resolution, 224)`` pixels.
+    CLIP (``triplet_clip``, else ``clip``, configured and ``triplet_features`` auto|clip): L2-normalised CLIP image
+    embeddings of the face crop. Fallback (``vae``, or auto without CLIP): the frozen VAE encoder's feature maps, each
+    averaged over space and concatenated, then L2-normalised, on a crop of ``min(resolution, 224)`` pixels.
     """
-    if cfg.triplet_features == "clip" or (cfg.triplet_features == "auto" and cfg.clip):
-        scorer = make_clip_scorer(str(cfg.clip), device)
+    clip_name = cfg.triplet_clip or cfg.clip  # another CLIP than the evaluation's in the paper configs
+    if cfg.triplet_features == "clip" or (cfg.triplet_features == "auto" and clip_name):
+        scorer = make_clip_scorer(str(clip_name), device)
 
         def clip_features(pixels: torch.Tensor) -> torch.Tensor:
             return scorer.image_features_differentiable((pixels.float() + 1) / 2)  # (B, D)
 
-        desc = f"CLIP image features of the face region ({scorer.variant or Path(str(cfg.clip)).name})"
+        desc = f"CLIP image features of the face region ({scorer.variant or Path(str(clip_name)).name})"
         return clip_features, scorer.input_resolution, desc
     maps = vae_encoder_feature_fn(vae)
 

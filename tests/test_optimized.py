@@ -118,7 +118,7 @@ def test_cuda_tensor_path_has_one_synchronisation(tiny_ipnet, portrait):
 
     pipe = load(tiny_ipnet, dtype=torch.float16).to("cuda")
     pipe.use_tiny_vae(build_tiny_autoencoder(pipe.vae, seed=0))
-    x = to_tensor(portrait).cuda()
+    x = to_tensor(portrait).to("cuda")
     pipe(x, "add a hat", generator=gen(), output_type="pt")  # fills the prompt cache and the schedule's copy
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -133,7 +133,7 @@ def test_cuda_tensor_path_has_one_synchronisation(tiny_ipnet, portrait):
 def test_cuda_whole_path_compiled_fp16_tiny_vae(tiny_ipnet, portrait):
     from instantportrait.pipelines.tiny_vae import build_tiny_autoencoder
 
-    x = to_tensor(portrait).cuda()
+    x = to_tensor(portrait).to("cuda")
     pipe = load(tiny_ipnet).to("cuda")
     pipe.use_tiny_vae(build_tiny_autoencoder(pipe.vae, seed=0))
     ref = pipe(x, "add a hat", generator=gen(), output_type="pt").images

@@ -156,10 +156,11 @@ class BaseFaceEncoder(ABC):
 
     @staticmethod
     def cosine(a: FaceResult, b: FaceResult) -> float:
-        """Cosine similarity of two results' (normalised) embeddings, in [-1, 1]."""
-        if a.embedding.shape != b.embedding.shape:
-            raise ValueError(f"embeddings of different sizes: {a.embedding.shape} vs {b.embedding.shape}")
-        return float(np.clip(np.dot(a.embedding, b.embedding), -1.0, 1.0))
+        """Cosine similarity of two results' embeddings, in [-1, 1] (the scorer's own cosine, so the ``identity``
+        command, the app and the benchmark compute one number the same way)."""
+        from instantportrait.eval.metrics import cosine
+
+        return cosine(a.embedding, b.embedding)
 
     def distance(self, a: FaceResult, b: FaceResult) -> float | None:
         """The backend's own distance between two faces, or ``None`` where it judges by cosine."""

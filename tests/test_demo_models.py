@@ -121,6 +121,9 @@ def test_quick_run_end_to_end_writes_loadable_fp16_folders(tmp_path):
         weights = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
         assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
         assert not list(folder.glob("checkpoint-*"))
+        # the world's base sets what the UNet predicts, and both models keep it (the student inherits the teacher's)
+        sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        assert sched["prediction_type"] == demo.DemoConfig().prediction_type
     # IPNet's second stage started from the L_pair warm-up, which started from IDE-Net
     from train.config import IPNetConfig, load_config
 

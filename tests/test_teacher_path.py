@@ -28,3 +28,13 @@ def test_the_shipped_teacher_is_measured_between_floor_and_ceiling():
     assert ceiling["l1_to_target"]["all"] < 0.5 * source["l1_to_target"]["all"]
     assert teacher["settings"]["teacher_steps"] == 2 and 0.0 <= teacher["edit_present"] <= 1.0
     assert "| teacher: two-steps |" in teacher_path.format_table(result)
+    # per category: the same categories as the L1 columns, and the pair-weighted mean is the overall share
+    by_cat = teacher["edit_present_by_category"]
+    assert set(by_cat) == set(teacher["l1_to_target"]) - {"all"}
+    from instantportrait.config import DEMO_WORLD
+    from instantportrait.demo import World
+    counts = {}
+    for s in World(**DEMO_WORLD, size=result["size"]).samples("test", 6):
+        counts[s.category] = counts.get(s.category, 0) + 1
+    assert sum(by_cat[c] * k for c, k in counts.items()) / 6 == pytest.approx(teacher["edit_present"])
+    assert "| teacher: two-steps |" in teacher_path.format_categories(result)

@@ -157,6 +157,19 @@ def test_conditioning_dropout_is_instructpix2pix_split():
     assert float((image & ~text).float().mean()) == pytest.approx(0.05)
 
 
+def test_timestep_bias_zero_is_the_uniform_draw_and_positive_bias_favours_high_noise():
+    cpu = torch.device("cpu")
+    uniform = train_idenet.sample_timesteps(64, 1000, 0.0, torch.Generator().manual_seed(3), cpu)
+    assert torch.equal(uniform, torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3)))
+    t = train_idenet.sample_timesteps(200_000, 1000, 2.0, torch.Generator().manual_seed(0), cpu).float()
+    assert t.min() >= 0 and t.max() <= 999
+    # density proportional to t^2 on [0, T): mean 3T/4, a quarter of the draws below T * 0.25^(1/3) = 630
+    assert float(t.mean()) == pytest.approx(750, abs=3)
+    assert float((t < 630).float().mean()) == pytest.approx(0.25, abs=0.005)
+    with pytest.raises(ValueError, match="timestep_bias"):
+        IDENetConfig(model="m", dataset="d", output_dir="o", timestep_bias=-1.0)
+
+
 def test_missing_identity_model_fails_fast_and_clearly(tmp_path, tiny_ip2p, pairs):
     cfg = IDENetConfig(model=str(tiny_ip2p), dataset=str(pairs), output_dir=str(tmp_path / "o"), resolution=32,
                        identity_model=str(tmp_path / "glintr100.onnx"))

@@ -159,6 +159,9 @@ class IDENetConfig(TrainConfig):
                                        "is below this", default=0.0)
     conditioning_dropout_prob: float = _help("InstructPix2Pix dropout: text only, image only and both each with "
                                              "this probability", default=0.05)
+    timestep_bias: float = _help("0: timesteps drawn uniformly (InstructPix2Pix); b > 0: density proportional to "
+                                 "t^b, more of the high-noise steps where the edit must come from the instruction "
+                                 "(a few-step sampler starts there)", default=0.0)
     validation_inference_steps: int = _help("sampling steps of the validation edits", default=20)
     validation_guidance_scale: float = _help("text guidance of the validation edits", default=7.5)
     validation_image_guidance_scale: float = _help("image guidance of the validation edits", default=1.5)
@@ -171,7 +174,8 @@ class IDENetConfig(TrainConfig):
                              "insightface recognition ONNX); set identity_weighting: none to train without it")
         if not 0.0 <= self.conditioning_dropout_prob <= 1 / 3:
             raise ValueError(f"conditioning_dropout_prob must be in [0, 1/3]; got {self.conditioning_dropout_prob}")
-        for name in ("identity_weight", "identity_power", "identity_ramp_steps", "identity_min_weight"):
+        for name in ("identity_weight", "identity_power", "identity_ramp_steps", "identity_min_weight",
+                     "timestep_bias"):
             _positive(name, getattr(self, name), zero_ok=True)
         _positive("validation_inference_steps", self.validation_inference_steps)
 

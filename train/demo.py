@@ -51,6 +51,7 @@ from train.config import IDENetConfig, IPNetConfig, config_to_dict, load_config
 CONFIG_DIR = Path(__file__).parent / "configs"
 IMAGE_SIZE = 64
 SHIP_BAR = 0.20
+RECIPE_CONFIGS = {"paper": "demo_ipnet_paper.yaml", "pair": "demo_ipnet.yaml"}
 SCORER_CLIP = Path("clip") / "demo_clip.safetensors"  # where train.train_scorers writes the demo CLIP under <out>
 
 
@@ -67,10 +68,14 @@ class DemoConfig:
     vae_lr: float = 2e-3
     vae_channels: tuple[int, ...] = (32, 64)  # two levels: 2x downscale
     vae_face_weight: float = 2.0
+    # what the UNet predicts: "epsilon" (the scheduler InstructPix2Pix ships) or "v_prediction" (x0 well conditioned
+    # at the high noise levels a few-step sampler starts from); measured as a teacher in BENCHMARKS.md §5
+    prediction_type: str = "epsilon"
     idenet_steps: int | None = None  # None: the YAML's max_train_steps
     warmup_steps: int | None = None  # IPNet stage 1 (L_pair only)
     ipnet_steps: int | None = None  # IPNet stage 2 (the full recipe)
     eval_pairs: int = 200
+    recipe: str = "pair"  # the IPNet objective: "paper" (the paper's terms only) or "pair" (L_pair warm-up + recipe)
     scorers: bool = True  # train the demo face pack and CLIP into <out> first when it holds none
 
     @classmethod
@@ -173,7 +178,7 @@ def build_base(folder: Path, data: Path, cfg: DemoConfig) -> Path:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=16,
         norm_num_groups=16)
     pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                                  scheduler=tiny_scheduler(), safety_checker=None,
+                                                  scheduler=tiny_scheduler(cfg.prediction_type), safety_checker=None,
                                                   feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
@@ -299,6 +304,13 @@ def _summarise(images: Sequence[Any], samples: Sequence[Any], scorers: DemoScore
         out.update(identity=float(np.mean(found)) if found else float("nan"),
                    face_missing=1.0 - len(found) / len(images), edit_present=float(np.mean(sc["edit_present"])),
                    clip_t=float(np.mean(sc["clip_t"])))
+
+        def by_category(values: Sequence[float | None]) -> dict[str, float]:
+            per = {c: [v for v, s in zip(values, samples) if s.category == c and v is not None] for c in cats}
+            return {c: float(np.mean(v)) if v else float("nan") for c, v in per.items()}
+
+        out.update(edit_present_by_category=by_category(sc["edit_present"]),
+                   identity_by_category=by_category(sc["identity"]))
     return out
 
 
@@ -428,18 +440,21 @@ def _idenet_config(cfg: DemoConfig, work: Path, base: Path, data: Path, rec: Pat
     return load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", ide_over), identity
 
 
-def _ship(out: Path, staged: Path, cfg: DemoConfig, configs: tuple[IDENetConfig, IPNetConfig, IPNetConfig],
+def _ship(out: Path, staged: Path, cfg: DemoConfig,
+          configs: tuple[IDENetConfig, IPNetConfig | None, IPNetConfig],
           identity: dict[str, str], numbers: str) -> None:
     """Write the model cards into the staged fp16 folders and copy them over ``out/idenet`` and ``out/ipnet``.
     ``configs``: the IDE-Net, IPNet warm-up and IPNet configs the cards' recipes name."""
     icfg, wcfg, pcfg = configs
-    recipes = {"idenet": f"Objective: the ε loss with conditioning dropout, {icfg.max_train_steps} steps.",
-               "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, after a warm-up of "
-                        f"{wcfg.max_train_steps} steps of L_pair alone that started from the demo IDE-Net "
-                        "(`../idenet`)."}
+    pred = "v" if cfg.prediction_type == "v_prediction" else "ε"
+    start = (f"after a warm-up of {wcfg.max_train_steps} steps of L_pair alone that started from the demo IDE-Net "
+             "(`../idenet`)" if wcfg is not None else "starting as a copy of the demo IDE-Net (`../idenet`)")
+    recipes = {"idenet": f"Objective: the {pred} loss with conditioning dropout, {icfg.max_train_steps} steps.",
+               "ipnet": f"Objective: {ipnet_recipe(pcfg)}, {pcfg.max_train_steps} steps, {start}."}
+    ip_configs = ("train/configs/demo_ipnet_warmup.yaml then train/configs/demo_ipnet.yaml" if wcfg is not None
+                  else f"train/configs/{RECIPE_CONFIGS['paper']}")
     for name, trainer in (("idenet", "train/train_idenet.py, train/configs/demo_idenet.yaml"),
-                          ("ipnet", "train/train_ipnet.py, train/configs/demo_ipnet_warmup.yaml then "
-                                    "train/configs/demo_ipnet.yaml")):
+                          ("ipnet", f"train/train_ipnet.py, {ip_configs}")):
         write_card(staged / name, "IDE-Net" if name == "idenet" else "IPNet", trainer, cfg, identity[name],
                    "\n\n" + numbers + "\n", recipes[name])
         if (out / name).exists():
@@ -447,11 +462,50 @@ def _ship(out: Path, staged: Path, cfg: DemoConfig, configs: tuple[IDENetConfig,
         shutil.copytree(staged / name, out / name)
 
 
+def _ipnet_stages(cfg: DemoConfig, work: Path, idenet: Path, data: Path, rec: Path | None, ide_key: dict[str, Any],
+                  times: dict[str, float], reused: list[str]) -> tuple[Path, IPNetConfig | None, IPNetConfig, str]:
+    """Train the demo IPNet from ``idenet`` with ``cfg.recipe``; returns (folder, warm-up config or None, final
+    config, how identity was used, for the card).
+
+    * ``paper``: one stage of the paper's objectives (``demo_ipnet_paper.yaml``: L_adv + L_distill + L_triplet +
+      identity from the DDIM-inversion teacher path), the student starting as a copy of the teacher;
+    * ``pair``: a warm-up of ``L_pair`` alone (``demo_ipnet_warmup.yaml``), then L_adv + L_pair + identity
+      (``demo_ipnet.yaml``).
+    """
+    from train import train_ipnet
+
+    ip_over: dict[str, Any] = {"model": str(idenet), "dataset": str(data), "seed": cfg.seed,
+                               "resolution": cfg.image_size}
+    wcfg, key = None, dict(ide_key)
+    if cfg.recipe == "pair":
+        wcfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet_warmup.yaml",
+                           {**ip_over, "output_dir": str(work / "ipnet_warmup"), "identity_model": "none"})
+        if cfg.warmup_steps:
+            wcfg = replace(wcfg, max_train_steps=cfg.warmup_steps)
+        key["warmup"] = config_to_dict(wcfg)
+        warm = _stage(work, "ipnet_warmup", key, lambda: train_ipnet.train(wcfg), times, reused)
+        ip_over["student_init"] = str(warm)
+    elif cfg.recipe != "paper":
+        raise ValueError(f"DemoConfig.recipe must be 'paper' or 'pair', got {cfg.recipe!r}")
+    ip_over.update(output_dir=str(work / "ipnet"), identity_model=str(rec) if rec is not None else "none")
+    if rec is None:
+        ip_over["weights.identity"] = 0.0
+    pcfg = load_config(IPNetConfig, CONFIG_DIR / RECIPE_CONFIGS[cfg.recipe], ip_over)
+    if cfg.ipnet_steps:
+        pcfg = replace(pcfg, max_train_steps=cfg.ipnet_steps)
+    stage = ", in stage 2 only" if wcfg is not None else ""
+    identity = (f"a constant weight of {pcfg.weights.identity:g} on 1 - cos through `{rec.name}` of the demo "
+                f"face pack{stage}" if rec is not None and pcfg.weights.identity else "none")
+    ipnet = _stage(work, "ipnet", {**key, "ipnet": config_to_dict(pcfg)}, lambda: train_ipnet.train(pcfg),
+                   times, reused)
+    return ipnet, wcfg, pcfg, identity
+
+
 def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float = SHIP_BAR,
         force_ship: bool = False) -> dict[str, Any]:
     """The whole demo run; returns the evaluation and whether the models were shipped into ``out``."""
     from instantportrait.demo import World
-    from train import train_idenet, train_ipnet
+    from train import train_idenet
 
     work = Path(work) if work else out / ".demo_work"
     work.mkdir(parents=True, exist_ok=True)
@@ -468,7 +522,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
 
     _stage(work, "data", world_key, export, times, reused)
     base_key = {**world_key, "vae": [cfg.vae_steps, cfg.vae_batch, cfg.vae_lr, list(cfg.vae_channels),
-                                     cfg.vae_face_weight], "unet": "32-64-96"}
+                                     cfg.vae_face_weight], "unet": "32-64-96", "prediction_type": cfg.prediction_type}
     base = _stage(work, "base", base_key, lambda: build_base(work / "base", data, cfg), times, reused)
 
     if cfg.scorers and (find_recognition_onnx(out / "face_pack") is None or not (out / SCORER_CLIP).is_file()):
@@ -478,26 +532,7 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
     ide_key = {**base_key, "idenet": config_to_dict(icfg)}
     idenet = _stage(work, "idenet", ide_key, lambda: train_idenet.train(icfg), times, reused)
 
-    ip_over: dict[str, Any] = {"model": str(idenet), "dataset": str(data), "seed": cfg.seed,
-                               "resolution": cfg.image_size}
-    wcfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet_warmup.yaml",
-                       {**ip_over, "output_dir": str(work / "ipnet_warmup"), "identity_model": "none"})
-    if cfg.warmup_steps:
-        wcfg = replace(wcfg, max_train_steps=cfg.warmup_steps)
-    warm_key = {**ide_key, "warmup": config_to_dict(wcfg)}
-    warm = _stage(work, "ipnet_warmup", warm_key, lambda: train_ipnet.train(wcfg), times, reused)
-
-    ip_over.update(student_init=str(warm), output_dir=str(work / "ipnet"),
-                   identity_model=str(rec) if rec is not None else "none")
-    if rec is None:
-        ip_over["weights.identity"] = 0.0
-    pcfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet.yaml", ip_over)
-    if cfg.ipnet_steps:
-        pcfg = replace(pcfg, max_train_steps=cfg.ipnet_steps)
-    ipnet_identity = (f"a constant weight of {pcfg.weights.identity:g} on 1 - cos through `{rec.name}` of the demo "
-                      "face pack, in stage 2 only" if rec is not None and pcfg.weights.identity else "none")
-    ipnet = _stage(work, "ipnet", {**warm_key, "ipnet": config_to_dict(pcfg)}, lambda: train_ipnet.train(pcfg),
-                   times, reused)
+    ipnet, wcfg, pcfg, ipnet_identity = _ipnet_stages(cfg, work, idenet, data, rec, ide_key, times, reused)
 
     staged = work / "staged"
     to_fp16_folder(idenet, staged / "idenet")
@@ -538,6 +573,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="only evaluate the models in FOLDER (ipnet/, idenet/) on test identities with the demo\n"
                         "scorers and print issue #4's acceptance checks")
     p.add_argument("--eval-pairs", type=int, default=None)
+    p.add_argument("--recipe", choices=sorted(RECIPE_CONFIGS), default=None,
+                   help="the IPNet objective: paper (L_adv + L_distill + L_triplet + identity) or pair (an L_pair\n"
+                        f"warm-up, then L_adv + L_pair + identity); default {DemoConfig.recipe}")
     p.add_argument("--with-idenet", action="store_true", help="--evaluate: also IDE-Net (20 steps, slow)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -554,6 +592,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = DemoConfig.quick(args.seed) if args.quick else DemoConfig(seed=args.seed)
     if args.eval_pairs:
         cfg = replace(cfg, eval_pairs=args.eval_pairs)
+    if args.recipe:
+        cfg = replace(cfg, recipe=args.recipe)
     return run(args.out, cfg, work=args.work, ship_bar=args.ship_bar, force_ship=args.force_ship)
 
 

@@ -123,6 +123,19 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_categories(result: dict[str, Any]) -> str:
+    """Edits present / identity cosine per category, one row per table row (needs the demo scorers)."""
+    rows = {k: r for k, r in result["rows"].items() if "edit_present_by_category" in r}
+    if not rows:
+        return ""
+    cats = sorted(next(iter(rows.values()))["edit_present_by_category"])
+    lines = ["| row (edits present / identity) | " + " | ".join(cats) + " |", "|" + "---|" * (1 + len(cats))]
+    for name, r in rows.items():
+        e, i = r["edit_present_by_category"], r["identity_by_category"]
+        lines.append(f"| {name} | " + " | ".join(f"{100 * e[c]:.0f} % / {i[c]:.2f}" for c in cats) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="the teacher (an InstructPix2Pix-format IDE-Net folder)")
@@ -145,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
     print(format_table(result))
+    print()
+    print(format_categories(result))
     return 0
 
 

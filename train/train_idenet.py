@@ -70,6 +70,17 @@ def conditioning_dropout_masks(u: torch.Tensor, prob: float) -> tuple[torch.Tens
     return drop_text, drop_image
 
 
+def sample_timesteps(b: int, num_train_timesteps: int, bias: float, generator: torch.Generator,
+                     device: torch.device) -> torch.Tensor:
+    """(B,) int64 training timesteps in [0, T): uniform for ``bias`` 0 (the same draw as ``torch.randint``), else
+    with density proportional to ``t^bias`` (inverse CDF ``T * u^(1/(1+bias))``)."""
+    if bias == 0:
+        return torch.randint(0, num_train_timesteps, (b,), generator=generator, device=device)
+    u = torch.rand(b, generator=generator, device=device)  # (B,)
+    t = (num_train_timesteps * u.pow(1.0 / (1.0 + bias))).long()
+    return t.clamp_(0, num_train_timesteps - 1)
+
+
 def identity_schedule(cfg: IDENetConfig, timesteps: torch.Tensor, alphas_cumprod: Any, step: int) -> torch.Tensor:
     """Per-sample identity weights before masking, (B,) in [0, 1]: the L_aid / L_cid schedule or zeros."""
     if cfg.identity_weighting == "annealing":
@@ -99,7 +110,7 @@ def idenet_losses(parts: IDENetParts, batch: dict[str, Any], cfg: IDENetConfig, 
     b = latents.shape[0]
     sched = parts.noise_scheduler
     noise = torch.randn(latents.shape, generator=generator, device=device)  # (B, 4, h, w)
-    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator, device=device)  # (B,)
+    t = sample_timesteps(b, sched.config.num_train_timesteps, cfg.timestep_bias, generator, device)  # (B,)
     noisy = sched.add_noise(latents, noise, t)  # (B, 4, h, w)
 
     drop_image = torch.zeros(b, dtype=torch.bool, device=device)

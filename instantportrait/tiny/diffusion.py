@@ -109,13 +109,14 @@ def tiny_unet(in_channels: int = 8, cross_attention_dim: int = 32, sample_size: 
     ).eval()
 
 
-def tiny_scheduler():
+def tiny_scheduler(prediction_type: str = "epsilon"):
     from diffusers import EulerAncestralDiscreteScheduler
 
-    # The scheduler InstructPix2Pix ships with (scaled-linear betas, epsilon prediction).
+    # The scheduler InstructPix2Pix ships with (scaled-linear betas, epsilon prediction unless asked otherwise:
+    # train.demo's DemoConfig.prediction_type).
     return EulerAncestralDiscreteScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 

@@ -196,3 +196,39 @@ def test_demo_editor_test_people_were_never_seen_by_the_demo_scorers():
     editors, scorers = World(0, demo.DemoConfig().num_identities), World(0, 200)
     test = set(editors.split_ids("test"))
     assert len(test) == 12 and test <= set(scorers.split_ids("test"))
+
+
+@pytest.mark.parametrize("recipe", ["paper", "pair"])
+def test_ipnet_recipe_picks_the_stages_and_objectives(tmp_path, monkeypatch, recipe):
+    """``--recipe paper``: one stage of the paper's terms (no L_pair) from the IDE-Net through its DDIM-inversion path;
+    ``pair``: the L_pair warm-up, then the L_pair recipe from it. Only the trainer call is replaced."""
+    from train import train_ipnet
+
+    trained = []
+
+    def fake_train(cfg):
+        trained.append(cfg)
+        Path(cfg.output_dir).mkdir(parents=True)
+        return Path(cfg.output_dir)
+
+    monkeypatch.setattr(train_ipnet, "train", fake_train)
+    cfg = demo.DemoConfig(recipe=recipe)
+    rec = tmp_path / "w_demo.onnx"
+    times, reused = {}, []
+    folder, wcfg, pcfg, identity = demo._ipnet_stages(cfg, tmp_path / "work", tmp_path / "idenet", tmp_path / "pairs",
+                                                       rec, {"k": 1}, times, reused)
+    assert folder == tmp_path / "work" / "ipnet" and trained[-1] is pcfg
+    assert pcfg.model == str(tmp_path / "idenet") and pcfg.identity_model == str(rec) and pcfg.weights.identity > 0
+    if recipe == "paper":
+        assert len(trained) == 1 and wcfg is None and pcfg.student_init is None
+        assert set(pcfg.weights.active()) == {"adv", "distill", "triplet", "identity"}
+        assert (pcfg.teacher_start, pcfg.inversion_prompt, pcfg.distill_pairing) == ("ddim-inversion", "empty",
+                                                                                      "shared")
+        assert "stage 2" not in identity
+    else:
+        assert len(trained) == 2 and trained[0] is wcfg and wcfg.weights.active() == {"pair": 1.0}
+        assert pcfg.student_init == str(tmp_path / "work" / "ipnet_warmup") and pcfg.weights.pair > 0
+    assert set(times) == ({"ipnet"} if recipe == "paper" else {"ipnet_warmup", "ipnet"})
+    with pytest.raises(ValueError, match="recipe"):
+        demo._ipnet_stages(demo.DemoConfig(recipe="other"), tmp_path / "w2", tmp_path / "idenet", tmp_path / "pairs",
+                           rec, {}, {}, [])

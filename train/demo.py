@@ -20,7 +20,9 @@ Train the offline demo models of the synthetic portrait world with the project's
    ``train/configs/demo_ipnet.yaml`` from the warmed-up student: ``L_adv`` (a discriminator on the frozen IDE-Net's
    features), identity and ``L_pair`` (latent L2 onto the pair's rendered target; not a paper term: the toy
    teacher's own samples are further from the targets than the source, so regressing onto them cannot pass the L1
-   bar, see the configs' headers and BENCHMARKS.md §5);
+   bar, see the configs' headers and BENCHMARKS.md §5); with ``--recipe paper`` instead, once with
+   ``train/configs/demo_ipnet_paper.yaml``: the paper's objectives only (``L_adv`` + ``L_distill`` from the
+   DDIM-inversion teacher path + ``L_triplet`` + identity), the student a copy of the IDE-Net;
 5. copy both into ``<out>/idenet`` and ``<out>/ipnet`` (fp16 safetensors; diffusers upcasts on load when asked for
    float32) with toy-model cards, evaluate on the held-out *test* identities, and ship them only when IPNet's
    one-step L1 to the rendered target is at least ``--ship-bar`` (20%) below the unchanged source's.

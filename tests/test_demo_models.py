@@ -171,10 +171,17 @@ def test_interrupted_run_reuses_finished_stages_and_ablations_start_from_them(tm
 
     out = tmp_path / "ablations"
     rows = demo_ablations.main(["--work", str(work), "--out", str(out), "--ipnet-steps", "1", "--eval-pairs", "3",
-                                "--only", "ipnet"])
+                                "--only", "ipnet", "--seeds", "0,1"])
     names = [r["variant"] for r in rows]
-    assert len(names) == 2 + 3 + len(demo_ablations.IPNET_VARIANTS)  # references, demo-run rows, variants
-    assert all(f"IPNet 1-step, {v}" in names for v in demo_ablations.IPNET_VARIANTS)
+    # references, demo-run rows, then every variant and the full recipe's 2-step row, once per training seed
+    assert len(names) == 2 + 3 + 2 * (len(demo_ablations.IPNET_VARIANTS) + 1)
+    assert all(f"IPNet 1-step, {v}" in names and f"IPNet 1-step, {v} [seed 1]" in names
+               for v in demo_ablations.IPNET_VARIANTS)
+    seeds = json.loads((out / "ablations_seeds.json").read_text())
+    assert set(seeds) == {f"IPNet 1-step, {v}" for v in demo_ablations.IPNET_VARIANTS} | {demo_ablations.TWO_STEP_ROW}
+    assert all(e["seeds"] == 2 and len(e["l1"]["per_seed"]) == 2 for e in seeds.values())
+    assert "diff" in seeds["IPNet 1-step, L_adv"]["edit_present"] and "reference" in (
+        out / "ablations_seeds.md").read_text()
     csv_rows = (out / "ablations.csv").read_text().splitlines()
     assert csv_rows[0].split(",")[:2] == ["group", "variant"] and len(csv_rows) == 1 + len(rows)
     assert "IPNet 1-step, L_adv" in (out / "ablations.md").read_text()

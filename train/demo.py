@@ -299,7 +299,8 @@ def _summarise(images: Sequence[Any], samples: Sequence[Any], scorers: DemoScore
     l1 = [float(np.abs(arr(o) - arr(s.target)).mean()) for o, s in zip(images, samples)]
     cats = sorted({s.category for s in samples})
     out: dict[str, Any] = {"l1_to_target": {**{c: float(np.mean([v for v, s in zip(l1, samples) if s.category == c]))
-                                                for c in cats}, "all": float(np.mean(l1))}}
+                                                for c in cats}, "all": float(np.mean(l1))},
+                           "per_sample": {"l1": l1}}  # in the order of ``samples`` (paired comparisons)
     if scorers is not None:
         sc = scorers.score(images, samples)
         found = [v for v in sc["identity"] if v is not None]
@@ -313,6 +314,7 @@ def _summarise(images: Sequence[Any], samples: Sequence[Any], scorers: DemoScore
 
         out.update(edit_present_by_category=by_category(sc["edit_present"]),
                    identity_by_category=by_category(sc["identity"]))
+        out["per_sample"].update(identity=list(sc["identity"]), edit_present=list(sc["edit_present"]))
     return out
 
 
@@ -334,7 +336,7 @@ def evaluate(folder: Path, *, seed: int = 0, num_identities: int = 120, n: int =
 
     world = World(seed, num_identities, size=size)
     samples = list(world.samples("test", n))
-    result: dict[str, Any] = {"n": n, "size": size, "rows": {}}
+    result: dict[str, Any] = {"n": n, "size": size, "rows": {}, "people": [s.identity_id for s in samples]}
     result["rows"]["source (no edit)"] = _summarise([s.source for s in samples], samples, scorers)
     result["rows"]["rendered target"] = _summarise([s.target for s in samples], samples, scorers)
     if scorers is not None:

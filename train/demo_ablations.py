@@ -1,4 +1,4 @@
-"""python -m train.demo_ablations [--work instantportrait/demo/models/.demo_work] [--out results/toy_ablations]
+"""python -m train.demo_ablations [--work WORK] [--out results/toy_ablations] [--seeds 0,1,2]
 
 The poster's ablations at toy scale, on the synthetic world, with the project's real trainers (issue #4, item 4).
 It needs a finished ``python -m train.demo`` work folder (its exported pairs, world base checkpoint and IDE-Net) and
@@ -13,17 +13,29 @@ trains, each from the same starting point and for the same (short) number of ste
 Every variant is scored like the shipped models (:func:`train.demo.evaluate`: held-out test identities, demo face
 pack identity cosine, demo-CLIP edit presence, L1 to the rendered target, CPU latency), next to the demo run's own
 IDE-Net / IPNet 1-step / IPNet 2-step. Writes ``ablations.md`` / ``ablations.csv`` / ``ablations.json`` to ``--out``.
-Variants are trained in ``<work>/ablations/<name>`` and reused when a later run has the same settings, so an
-interrupted run continues where it stopped. Deterministic given the demo run's seed.
+The full recipe's student is also scored with 2 steps (the poster's "1 vs 2 steps"), and one row distils in pixel
+space (``distill_space: pixel``, "latent vs pixel").
+
+``--seeds 0,1,2`` trains every variant once per seed and adds ``ablations_seeds.{md,json}``: per variant, each
+metric's mean over the seeds with a t-interval over them, and its paired difference to its group's full recipe
+(``REFERENCE``: ``L_aid`` for IDE-Net; all five terms from the DDIM-inversion start for IPNet): per held-out pair,
+the variant minus the reference trained with the same seed, averaged over seeds, with a bootstrap interval that
+resamples people. Variants are trained in ``<work>/ablations/<name>`` and reused when a later run has the same
+settings, so an interrupted run continues where it stopped. Deterministic given the demo run's seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from train.config import IDENetConfig, IPNetConfig, config_to_dict, load_config
 from train.demo import CONFIG_DIR, DemoScorers, _stage, evaluate, format_eval
@@ -46,10 +58,18 @@ IPNET_VARIANTS: dict[str, dict[str, Any]] = {
     "all five, DDIM-inversion teacher start": {**_PAPER, "weights.adv": 0.2, "weights.distill": 1.0,
                                                "weights.sds": 0.1, "weights.triplet": 0.1, "weights.identity": 0.1,
                                                "teacher_start": "ddim-inversion"},
+    "all five, DDIM-inversion teacher start, pixel-space L_distill": {
+        **_PAPER, "weights.adv": 0.2, "weights.distill": 1.0, "weights.sds": 0.1, "weights.triplet": 0.1,
+        "weights.identity": 0.1, "teacher_start": "ddim-inversion", "distill_space": "pixel"},
     "demo recipe: L_adv + L_pair + L_id": {},
     "demo recipe + L_distill": {"weights.distill": 1.0},
 }
 IDENET_VARIANTS: dict[str, str] = {"no identity loss": "none", "L_cid": "constant", "L_aid": "annealing"}
+# each group's full recipe: the row every other row of the group is compared with, pair by pair (--seeds)
+REFERENCE = {"IDE-Net identity loss": "IDE-Net, L_aid",
+             "IPNet objectives": "IPNet 1-step, all five, DDIM-inversion teacher start"}
+TWO_STEP_ROW = "IPNet 2-step, all five, DDIM-inversion teacher start"  # the reference student, 2 steps at inference
+SEED_METRICS = ("l1", "identity", "edit_present")
 COLUMNS = ("group", "variant", "steps", "nfe", "l1_to_target", "identity", "face_missing", "edit_present", "clip_t",
            "latency_s_64px")
 
@@ -81,10 +101,18 @@ def _demo_identity_model(work: Path) -> str | None:
     return str(found) if found else None
 
 
+def seeded(name: str, seed: int, world_seed: int) -> str:
+    """A variant's row (or stage) name for one training seed: the bare name for the world's seed (so runs from
+    before seeds existed are reused), ``name [seed s]`` otherwise."""
+    return name if seed == world_seed else f"{name} [seed {seed}]"
+
+
 def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps: int = 150, eval_pairs: int = 100,
-                  only: str | None = None, train_only: bool = False) -> list[dict[str, Any]]:
-    """Train every variant (or reuse it), evaluate all of them together, write the tables; returns the rows
-    (``train_only``: stop after training, return nothing)."""
+                  only: str | None = None, train_only: bool = False,
+                  seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Train every variant (or reuse it) once per training seed (default: the world's seed only), evaluate all of
+    them together, write the tables; returns the rows (``train_only``: stop after training, return nothing). With
+    more than one seed, also ``ablations_seeds.{md,json}`` (:func:`seed_summary`)."""
     from train import train_idenet, train_ipnet
 
     work, out = Path(work), Path(out)
@@ -98,33 +126,41 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
     groups: dict[str, str] = {row: "demo run" for row in editors}
     rec = _demo_identity_model(work)
     base_key = _done(work, "base")["key"]
+    seeds = list(seeds) if seeds else [world["seed"]]
+    variants: dict[str, list[str]] = {}  # variant -> its rows, one per seed
 
     if only in (None, "idenet"):
-        for name, weighting in IDENET_VARIANTS.items():
+        for (name, weighting), seed in itertools.product(IDENET_VARIANTS.items(), seeds):
             if weighting != "none" and rec is None:
                 continue
-            over = {"model": str(base), "dataset": str(data), "output_dir": str(scratch / f"idenet_{_slug(name)}"),
-                    "seed": world["seed"], "resolution": world["image_size"], "max_train_steps": idenet_steps,
+            stage = seeded(f"idenet_{_slug(name)}", seed, world["seed"])
+            over = {"model": str(base), "dataset": str(data), "output_dir": str(scratch / stage),
+                    "seed": seed, "resolution": world["image_size"], "max_train_steps": idenet_steps,
                     "identity_weighting": weighting, "identity_model": rec if weighting != "none" else "none"}
             cfg = load_config(IDENetConfig, CONFIG_DIR / "demo_idenet.yaml", over)
-            path = _stage(scratch, f"idenet_{_slug(name)}", {"base": base_key, "cfg": config_to_dict(cfg)},
+            path = _stage(scratch, stage, {"base": base_key, "cfg": config_to_dict(cfg)},
                           lambda cfg=cfg: train_idenet.train(cfg), times)
-            row = f"IDE-Net, {name}"
+            row = seeded(f"IDE-Net, {name}", seed, world["seed"])
             editors[row], groups[row], steps[row] = ("idenet", path), "IDE-Net identity loss", idenet_steps
+            variants.setdefault(f"IDE-Net, {name}", []).append(row)
     if only in (None, "ipnet"):
-        for name, weights in IPNET_VARIANTS.items():
-            over = {"model": str(demo_idenet), "dataset": str(data),
-                    "output_dir": str(scratch / f"ipnet_{_slug(name)}"), "seed": world["seed"],
-                    "resolution": world["image_size"], "max_train_steps": ipnet_steps,
+        for (name, weights), seed in itertools.product(IPNET_VARIANTS.items(), seeds):
+            stage = seeded(f"ipnet_{_slug(name)}", seed, world["seed"])
+            over = {"model": str(demo_idenet), "dataset": str(data), "output_dir": str(scratch / stage),
+                    "seed": seed, "resolution": world["image_size"], "max_train_steps": ipnet_steps,
                     "identity_model": rec or "none", **weights}
             if not rec:
                 over["weights.identity"] = 0.0
             cfg = load_config(IPNetConfig, CONFIG_DIR / "demo_ipnet.yaml", over)
-            path = _stage(scratch, f"ipnet_{_slug(name)}", {"teacher": _done(work, "idenet")["key"],
-                                                             "cfg": config_to_dict(cfg)},
+            path = _stage(scratch, stage, {"teacher": _done(work, "idenet")["key"], "cfg": config_to_dict(cfg)},
                           lambda cfg=cfg: train_ipnet.train(cfg), times)
-            row = f"IPNet 1-step, {name}"
-            editors[row], groups[row], steps[row] = ("ipnet", path), "IPNet objectives", ipnet_steps
+            rows = [(f"IPNet 1-step, {name}", "ipnet")]
+            if f"IPNet 1-step, {name}" == REFERENCE["IPNet objectives"]:  # 1 vs 2 steps: the same student
+                rows.append((TWO_STEP_ROW, "ipnet-2step"))
+            for label, method in rows:
+                row = seeded(label, seed, world["seed"])
+                editors[row], groups[row], steps[row] = (method, path), "IPNet objectives", ipnet_steps
+                variants.setdefault(label, []).append(row)
 
     if train_only:
         return []
@@ -135,10 +171,69 @@ def run_ablations(work: Path, out: Path, *, idenet_steps: int = 500, ipnet_steps
         parts.append(f"IDE-Net variants: {idenet_steps} steps each from the world's base.")
     if only in (None, "ipnet"):
         parts.append(f"IPNet variants: {ipnet_steps} steps each, distilled from the demo run's IDE-Net.")
-    flags = f" --only {only}" if only else ""
+    flags = (f" --only {only}" if only else "") + (f" --seeds {','.join(map(str, seeds))}" if len(seeds) > 1 else "")
     header = (f"# Toy ablations on the synthetic world\n\n{' '.join(parts)} Made by "
               f"`python -m train.demo_ablations --work {work}{flags}`.\n\n")
-    return _write_tables(out, res, groups, steps, times, header)
+    rows = _write_tables(out, res, groups, steps, times, header)
+    if len(seeds) > 1:
+        summary = seed_summary(res, variants, {v: groups[rs[0]] for v, rs in variants.items()})
+        (out / "ablations_seeds.json").write_text(json.dumps(summary, indent=1) + "\n")
+        table = format_seed_summary(summary, seeds)
+        (out / "ablations_seeds.md").write_text(header + table + "\n")
+        print(table, flush=True)
+    return rows
+
+
+def seed_summary(res: dict[str, Any], variants: dict[str, list[str]], groups: dict[str, str]
+                 ) -> dict[str, dict[str, Any]]:
+    """Per variant (``variants``: its rows, one per training seed, in seed order): for each of ``SEED_METRICS``, the
+    mean over seeds with a Student-t 95 % interval over the seeds' means, and the difference to its group's full recipe
+    (``REFERENCE``) pair by pair: per held-out pair, the variant's value minus the reference's for the same training
+    seed, averaged over the seeds, with a percentile-bootstrap interval that resamples *people* (the held-out
+    portraits of one person are not independent; ``res["people"]``). Missing values (no face found) stay missing."""
+    from benchmark.metrics import cluster_bootstrap, mean_ci
+
+    def values(row: str, metric: str) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in res["rows"][row]["per_sample"][metric]])
+
+    out: dict[str, dict[str, Any]] = {}
+    for variant, rows in variants.items():
+        ref = REFERENCE.get(groups[variant])
+        two = variant == TWO_STEP_ROW
+        entry: dict[str, Any] = {"group": groups[variant], "seeds": len(rows), "reference": ref}
+        for metric in SEED_METRICS:
+            per_seed = [float(np.nanmean(values(r, metric))) for r in rows]
+            ci = mean_ci(per_seed)
+            entry[metric] = {"mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "per_seed": per_seed}
+            ref_rows = variants.get(ref, []) if ref and (variant != ref or two) else []
+            if len(ref_rows) == len(rows):
+                with warnings.catch_warnings():  # a pair missing in every seed stays NaN (counted as missing)
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    diff = np.nanmean([values(r, metric) - values(b, metric) for r, b in zip(rows, ref_rows)],
+                                      axis=0)
+                d = cluster_bootstrap(diff, res["people"])
+                entry[metric]["diff"] = {"mean": d.mean, "lo": d.lo, "hi": d.hi, "people": d.clusters,
+                                         "missing": d.missing}
+        out[variant] = entry
+    return out
+
+
+def format_seed_summary(summary: dict[str, dict[str, Any]], seeds: Sequence[int]) -> str:
+    """Markdown: each metric as mean [interval over seeds] and the paired difference to the reference
+    [interval over people]."""
+    def cell(m: dict[str, Any], scale: float) -> str:
+        return f"{scale * m['mean']:.3g} [{scale * m['lo']:.3g}, {scale * m['hi']:.3g}]"
+
+    head = ["variant"] + [f"{k} (seeds {','.join(map(str, seeds))})" for k in SEED_METRICS] + [
+        f"Δ{k} vs full recipe" for k in SEED_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, e in summary.items():
+        scales = {"l1": 1.0, "identity": 1.0, "edit_present": 100.0}
+        cells = [cell(e[k], scales[k]) for k in SEED_METRICS]
+        cells += [cell(e[k]["diff"], scales[k]) if "diff" in e[k] else "reference" if variant == e["reference"]
+                  else "–" for k in SEED_METRICS]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _demo_run_editors(work: Path, only: str | None
@@ -196,6 +291,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--only", choices=("idenet", "ipnet"), default=None, help="one group of variants only")
     p.add_argument("--train-only", action="store_true", help="train (or reuse) the variants, evaluate nothing")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seeds", default=None, help="training seeds, e.g. 0,1,2: every variant trained once per seed, "
+                   "plus ablations_seeds.{md,json} (intervals over seeds, paired differences to each group's full "
+                   "recipe bootstrapped over people); default: the demo run's seed only")
     args = p.parse_args(argv)
     for name in ("idenet_steps", "ipnet_steps", "eval_pairs"):
         if getattr(args, name) < 1:
@@ -204,8 +302,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         import torch
 
         torch.set_num_threads(args.threads)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     return run_ablations(args.work, args.out, idenet_steps=args.idenet_steps, ipnet_steps=args.ipnet_steps,
-                         eval_pairs=args.eval_pairs, only=args.only, train_only=args.train_only)
+                         eval_pairs=args.eval_pairs, only=args.only, train_only=args.train_only, seeds=seeds)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,7 @@ class DemoConfig:
     vae_lr: float = 2e-3
     vae_channels: tuple[int, ...] = (32, 64)  # two levels: 2x downscale
     vae_face_weight: float = 2.0
-    # what the UNet predicts: "epsilon" (the scheduler InstructPix2Pix ships) or "v_prediction" (x0 well conditioned
-    # at the high noise levels a few-step sampler starts from); measured as a teacher in BENCHMARKS.md §5
-    prediction_type: str = "epsilon"
+    prediction_type: str = "epsilon"  # or "v_prediction": the base scheduler's (teachers compared: BENCHMARKS.md §5)
     idenet_steps: int | None = None  # None: the YAML's max_train_steps
     warmup_steps: int | None = None  # IPNet stage 1 (L_pair only)
     ipnet_steps: int | None = None  # IPNet stage 2 (the full recipe)
@@ -468,14 +466,9 @@ def _ship(out: Path, staged: Path, cfg: DemoConfig,
 
 def _ipnet_stages(cfg: DemoConfig, work: Path, idenet: Path, data: Path, rec: Path | None, ide_key: dict[str, Any],
                   times: dict[str, float], reused: list[str]) -> tuple[Path, IPNetConfig | None, IPNetConfig, str]:
-    """Train the demo IPNet from ``idenet`` with ``cfg.recipe``; returns (folder, warm-up config or None, final
-    config, how identity was used, for the card).
-
-    * ``paper``: one stage of the paper's objectives (``demo_ipnet_paper.yaml``: L_adv + L_distill + L_triplet +
-      identity from the DDIM-inversion teacher path), the student starting as a copy of the teacher;
-    * ``pair``: a warm-up of ``L_pair`` alone (``demo_ipnet_warmup.yaml``), then L_adv + L_pair + identity
-      (``demo_ipnet.yaml``).
-    """
+    """Train the demo IPNet from ``idenet`` with ``cfg.recipe`` (``paper``: one stage, ``demo_ipnet_paper.yaml``;
+    ``pair``: the L_pair warm-up, then ``demo_ipnet.yaml``); returns (folder, warm-up config or None, final config,
+    how identity was used, for the card)."""
     from train import train_ipnet
 
     ip_over: dict[str, Any] = {"model": str(idenet), "dataset": str(data), "seed": cfg.seed,

@@ -294,10 +294,14 @@ def _summarise(images: Sequence[Any], samples: Sequence[Any], scorers: DemoScore
     def arr(img: Any) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
-    l1 = [float(np.abs(arr(o) - arr(s.target)).mean()) for o, s in zip(images, samples)]
     cats = sorted({s.category for s in samples})
-    out: dict[str, Any] = {"l1_to_target": {**{c: float(np.mean([v for v, s in zip(l1, samples) if s.category == c]))
-                                                for c in cats}, "all": float(np.mean(l1))},
+
+    def by_category(values: Sequence[float | None]) -> dict[str, float]:
+        per = {c: [v for v, s in zip(values, samples) if s.category == c and v is not None] for c in cats}
+        return {c: float(np.mean(v)) if v else float("nan") for c, v in per.items()}
+
+    l1 = [float(np.abs(arr(o) - arr(s.target)).mean()) for o, s in zip(images, samples)]
+    out: dict[str, Any] = {"l1_to_target": {**by_category(l1), "all": float(np.mean(l1))},
                            "per_sample": {"l1": l1}}  # in the order of ``samples`` (paired comparisons)
     if scorers is not None:
         sc = scorers.score(images, samples)
@@ -305,11 +309,6 @@ def _summarise(images: Sequence[Any], samples: Sequence[Any], scorers: DemoScore
         out.update(identity=float(np.mean(found)) if found else float("nan"),
                    face_missing=1.0 - len(found) / len(images), edit_present=float(np.mean(sc["edit_present"])),
                    clip_t=float(np.mean(sc["clip_t"])))
-
-        def by_category(values: Sequence[float | None]) -> dict[str, float]:
-            per = {c: [v for v, s in zip(values, samples) if s.category == c and v is not None] for c in cats}
-            return {c: float(np.mean(v)) if v else float("nan") for c, v in per.items()}
-
         out.update(edit_present_by_category=by_category(sc["edit_present"]),
                    identity_by_category=by_category(sc["identity"]))
         out["per_sample"].update(identity=list(sc["identity"]), edit_present=list(sc["edit_present"]))

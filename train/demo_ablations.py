@@ -199,13 +199,12 @@ def seed_summary(res: dict[str, Any], variants: dict[str, list[str]], groups: di
     out: dict[str, dict[str, Any]] = {}
     for variant, rows in variants.items():
         ref = REFERENCE.get(groups[variant])
-        two = variant == TWO_STEP_ROW
         entry: dict[str, Any] = {"group": groups[variant], "seeds": len(rows), "reference": ref}
         for metric in SEED_METRICS:
             per_seed = [float(np.nanmean(values(r, metric))) for r in rows]
             ci = mean_ci(per_seed)
             entry[metric] = {"mean": ci.mean, "lo": ci.lo, "hi": ci.hi, "per_seed": per_seed}
-            ref_rows = variants.get(ref, []) if ref and (variant != ref or two) else []
+            ref_rows = variants.get(ref, []) if ref and variant != ref else []  # the 2-step row: vs 1 step
             if len(ref_rows) == len(rows):
                 with warnings.catch_warnings():  # a pair missing in every seed stays NaN (counted as missing)
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -227,8 +226,8 @@ def format_seed_summary(summary: dict[str, dict[str, Any]], seeds: Sequence[int]
     head = ["variant"] + [f"{k} (seeds {','.join(map(str, seeds))})" for k in SEED_METRICS] + [
         f"Δ{k} vs full recipe" for k in SEED_METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    scales = {"l1": 1.0, "identity": 1.0, "edit_present": 100.0}  # edits in percent
     for variant, e in summary.items():
-        scales = {"l1": 1.0, "identity": 1.0, "edit_present": 100.0}
         cells = [cell(e[k], scales[k]) for k in SEED_METRICS]
         cells += [cell(e[k]["diff"], scales[k]) if "diff" in e[k] else "reference" if variant == e["reference"]
                   else "–" for k in SEED_METRICS]

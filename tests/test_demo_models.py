@@ -90,6 +90,37 @@ def test_app_serves_the_shipped_demo_editors_and_their_examples_work(tmp_path, m
     assert _l1(tile.image, sample.target) < _l1(sample.source, sample.target)
 
 
+def test_world_unet_puts_cross_attention_at_the_asked_levels_and_level_one_is_the_shipped_architecture():
+    from safetensors.torch import load_file
+
+    from instantportrait.tiny.diffusion import world_unet
+
+    shipped = json.loads((SHIPPED / "idenet" / "unet" / "config.json").read_text())
+    one = world_unet(32, 1)
+    for key in ("down_block_types", "up_block_types", "block_out_channels", "cross_attention_dim", "in_channels"):
+        assert json.loads(json.dumps(one.config[key])) == shipped[key]
+    # same parameters, name for name and shape for shape, as the shipped weights
+    weights = load_file(SHIPPED / "idenet" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {k: tuple(v.shape) for k, v in one.state_dict().items()} == {k: tuple(v.shape) for k, v in weights.items()}
+
+    two = world_unet(32, 2)
+    assert two.config.down_block_types == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert two.config.up_block_types == ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    # the 16x16 level now reads the text: change the context and its features (before downsampling) change there
+    torch.manual_seed(0)
+    x, t = torch.randn(1, 8, 32, 32), torch.tensor([500])
+    ctx_a, ctx_b = torch.randn(1, 5, 64), torch.randn(1, 5, 64)
+    for unet, reads_text in ((one, False), (two, True)):
+        feats = []
+        unet.down_blocks[1].register_forward_hook(lambda m, i, o, feats=feats: feats.append(o[1][0]))
+        with torch.no_grad():
+            unet(x, t, encoder_hidden_states=ctx_a)
+            unet(x, t, encoder_hidden_states=ctx_b)
+        assert feats[0].shape[-1] == 16 and torch.allclose(feats[0], feats[1]) != reads_text
+    with pytest.raises(ValueError, match="attention_levels"):
+        world_unet(32, 0)
+
+
 def test_world_words_are_alphabetic_and_sorted(tmp_path):
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text(json.dumps({"instruction": "Make it a 90s yearbook photo",

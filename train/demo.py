@@ -71,6 +71,7 @@ class DemoConfig:
     vae_channels: tuple[int, ...] = (32, 64)  # two levels: 2x downscale
     vae_face_weight: float = 2.0
     prediction_type: str = "epsilon"  # or "v_prediction": the base scheduler's (teachers compared: BENCHMARKS.md §5)
+    attention_levels: int = 1  # UNet levels with cross-attention, coarsest first: 1 = 8x8 only, 2 = also 16x16
     idenet_steps: int | None = None  # None: the YAML's max_train_steps
     warmup_steps: int | None = None  # IPNet stage 1 (L_pair only)
     ipnet_steps: int | None = None  # IPNet stage 2 (the full recipe)
@@ -153,9 +154,9 @@ def train_vae(pixels: torch.Tensor, weights: torch.Tensor, cfg: DemoConfig) -> A
 
 def build_base(folder: Path, data: Path, cfg: DemoConfig) -> Path:
     """Write the world's InstructPix2Pix-format base checkpoint (trained VAE, frozen random text encoder, new UNet)."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from instantportrait.tiny.diffusion import tiny_clip_tokenizer, tiny_scheduler, tiny_text_encoder
+    from instantportrait.tiny.diffusion import tiny_clip_tokenizer, tiny_scheduler, tiny_text_encoder, world_unet
 
     words = world_words(data / "manifest.jsonl")
     tokenizer = tiny_clip_tokenizer(folder.parent / "tokenizer_src", words=words)
@@ -171,12 +172,7 @@ def build_base(folder: Path, data: Path, cfg: DemoConfig) -> Path:
     vae = train_vae(*load_pixels(data, cfg.image_size, cfg.vae_face_weight), cfg)
     print(f"[vae] trained in {time.perf_counter() - t0:.1f} s", flush=True)
     torch.manual_seed(cfg.seed)
-    unet = UNet2DConditionModel(  # attention only at the coarsest (8x8) level: cheap on a CPU
-        sample_size=cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), in_channels=8, out_channels=4,
-        layers_per_block=1, block_out_channels=(32, 64, 96),
-        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=64, attention_head_dim=16,
-        norm_num_groups=16)
+    unet = world_unet(cfg.image_size // 2 ** (len(cfg.vae_channels) - 1), cfg.attention_levels)
     pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                                   scheduler=tiny_scheduler(cfg.prediction_type), safety_checker=None,
                                                   feature_extractor=None, requires_safety_checker=False)
@@ -518,7 +514,8 @@ def run(out: Path, cfg: DemoConfig, *, work: Path | None = None, ship_bar: float
 
     _stage(work, "data", world_key, export, times, reused)
     base_key = {**world_key, "vae": [cfg.vae_steps, cfg.vae_batch, cfg.vae_lr, list(cfg.vae_channels),
-                                     cfg.vae_face_weight], "unet": "32-64-96", "prediction_type": cfg.prediction_type}
+                                     cfg.vae_face_weight], "unet": "32-64-96", "prediction_type": cfg.prediction_type,
+                "attention_levels": cfg.attention_levels}
     base = _stage(work, "base", base_key, lambda: build_base(work / "base", data, cfg), times, reused)
 
     if cfg.scorers and (find_recognition_onnx(out / "face_pack") is None or not (out / SCORER_CLIP).is_file()):

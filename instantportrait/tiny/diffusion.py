@@ -109,6 +109,22 @@ def tiny_unet(in_channels: int = 8, cross_attention_dim: int = 32, sample_size: 
     ).eval()
 
 
+def world_unet(sample_size: int, attention_levels: int = 1):
+    """The demo world's UNet (``train.demo``): 32-64-96 channels, one layer per block, a 64-wide text context, and
+    cross-attention at the ``attention_levels`` coarsest levels (1: the 8x8 level of a 32x32 latent only; 2: 16x16 as
+    well, which is what let a teacher tie the instruction to the background in BENCHMARKS.md §5)."""
+    from diffusers import UNet2DConditionModel
+
+    if attention_levels not in (1, 2, 3):
+        raise ValueError(f"attention_levels must be 1, 2 or 3, got {attention_levels}")
+    attn = [level >= 3 - attention_levels for level in range(3)]  # finest level first
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 96),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        cross_attention_dim=64, attention_head_dim=16, norm_num_groups=16)
+
+
 def tiny_scheduler(prediction_type: str = "epsilon"):
     from diffusers import EulerAncestralDiscreteScheduler
 
